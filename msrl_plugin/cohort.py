@@ -65,6 +65,7 @@ class Cohort:
         task: str,
         genomics: pd.DataFrame | None = None,
         class_names: Sequence[str] | None = None,
+        labelled: bool = True,
     ):
         if task not in TASKS:
             raise BadInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -75,7 +76,7 @@ class Cohort:
             dup = cases.index[cases.index.duplicated()][0]
             raise BadInputError(f"duplicate case id {dup!r} in the case table")
         needed = ("time", "censorship") if task == SURVIVAL else ("label",)
-        missing = [c for c in needed if c not in cases.columns]
+        missing = [c for c in needed if c not in cases.columns] if labelled else []
         if missing:
             raise BadInputError(f"case table lacks column(s) {missing} needed for {task}")
         no_bag = [c for c in cases.index if not slides.get(c)]
@@ -85,12 +86,13 @@ class Cohort:
         self.slides = {c: list(slides[c]) for c in cases.index}
         self.bags = bags
         self.task = task
+        self.labelled = labelled
         if genomics is not None:
             genomics = genomics.copy()
             genomics.index = genomics.index.astype(str)
             genomics = genomics.loc[genomics.index.intersection(cases.index)]
         self.genomics = genomics
-        if task == CLASSIFICATION:
+        if task == CLASSIFICATION and (labelled or class_names is not None):
             self.class_names = (list(class_names) if class_names is not None
                                 else sorted(map(str, cases["label"].unique())))
         else:
@@ -119,7 +121,7 @@ class Cohort:
         if unknown:
             raise BadInputError(f"case id {unknown[0]!r} is not in the cohort ({len(unknown)} unknown)")
         return Cohort(self.cases.loc[case_ids], {c: self.slides[c] for c in case_ids}, self.bags,
-                      self.task, self.genomics, self.class_names)
+                      self.task, self.genomics, self.class_names, self.labelled)
 
     # -- data ---------------------------------------------------------------------------------
     def load_bag(self, case_id: str) -> BagArrays:

@@ -1,0 +1,228 @@
+"""The uniform aggregator contract: ``fit(cohort) -> self``, ``predict(cohort) -> DataFrame``, ``save``/``load``.
+
+Hyper-parameters are explicit ``__init__`` keywords (scikit-learn style, so ``get_params``/``clone`` work);
+fitted state lives in trailing-underscore attributes. Checkpoints hold tensors, numbers and strings
+only and are read with ``torch.load(weights_only=True)``: no pickle payload is ever executed.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_path
+from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
+from ..cohort import Cohort
+from ..errors import BadInputError, CheckpointError
+from ..tasks import make_task, task_from_state
+
+CHECKPOINT_FORMAT = "msrl-plugin-model"
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError("--device cuda was requested but no CUDA device is available",
+                            fix="use --device cpu or auto")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class Aggregator(BaseEstimator):
+    """Base class of every slide/case aggregator (ABMIL, MSRL and its variants, multimodal references)."""
+
+    name: ClassVar[str] = "aggregator"
+    #: training needs genomics for (some) cases
+    uses_genomics: ClassVar[bool] = False
+    #: ``predict`` reads genomics too (not a WSI-only model)
+    genomics_at_test: ClassVar[bool] = False
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+    def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
+        """Logits ``(B, n_outputs)`` for a batch."""
+        raise NotImplementedError
+
+    def _training_loss(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
+        return self.task_.loss(self._forward(model, batch), batch.targets)
+
+    # -- fit -----------------------------------------------------------------------------------
+    def fit(self, cohort: Cohort, progress: bool | None = None) -> "Aggregator":
+        data = self._prepare_fit(cohort)
+        self.model_ = self._build_model(self.feature_dim_, len(self.genomics_columns_),
+                                        self.task_.n_outputs).to(self._device())
+        self._train(self.model_, data, self._training_loss, progress=progress)
+        return self
+
+    def _prepare_fit(self, cohort: Cohort) -> CaseData:
+        """Seed, fit the task (bins/classes) and genomics scaler on these training cases, load their data."""
+        self._generator = seed_everything(self.seed)
+        self.task_ = make_task(cohort.task, getattr(self, "n_bins", 4), getattr(self, "alpha_surv", 0.0))
+        self.task_.fit(cohort)
+        self.feature_dim_ = cohort.feature_dim
+        values, available = cohort.genomics_matrix()
+        if self.uses_genomics and not available.any():
+            raise BadInputError(f"model {self.name!r} needs genomics but no training case has a genomics row",
+                                fix="pass --genomics with rows keyed by case_id, or use --model abmil")
+        self.genomics_columns_ = [] if cohort.genomics is None else [str(c) for c in cohort.genomics.columns]
+        self.scaler_ = GenomicsScaler.fit(values, available)
+        self.training_case_ids_ = list(cohort.case_ids)
+        self._sampling = self.task_.sampling_classes(cohort) if getattr(self, "weighted_sample", False) else None
+        return load_case_data(cohort, self.scaler_, self.task_.targets(cohort))
+
+    def _device(self) -> torch.device:
+        return resolve_device(getattr(self, "device", "auto"))
+
+    def _train(self, model: nn.Module, data: CaseData, loss_fn: Callable[[nn.Module, BagBatch], torch.Tensor],
+               progress: bool | None = None, after_step: Callable[[BagBatch], None] | None = None,
+               params: list | None = None) -> None:
+        """Adam(lr, weight_decay=reg) over ``max_epochs`` epochs of shuffled mini-batches; last epoch kept."""
+        device = self._device()
+        optimiser = torch.optim.Adam(params if params is not None else model.parameters(),
+                                     lr=self.lr, weight_decay=self.reg)
+        self.history_ = []
+        show = getattr(self, "verbose", False) if progress is None else progress
+        for _ in tqdm(range(self.max_epochs), desc=f"{self.name} epochs", disable=not show, leave=False):
+            model.train()
+            order = epoch_order(len(data), self._generator, self._sampling)
+            losses = []
+            for index in batches(order, self.batch_size):
+                batch = collate(data, index, self.max_patches, self._generator).to(device)
+                loss = loss_fn(model, batch)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                if after_step is not None:
+                    after_step(batch)
+                losses.append(float(loss.detach()))
+            self.history_.append({"train_loss": float(np.mean(losses))})
+
+    # -- predict -------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise BadInputError(f"model {self.name!r} is not fitted yet", fix="call fit() or load a checkpoint")
+
+    def _case_data(self, cohort: Cohort) -> CaseData:
+        self._check_fitted()
+        if cohort.feature_dim != self.feature_dim_:
+            raise CheckpointError(f"the cohort's patch features are {cohort.feature_dim}-d but the model was "
+                                  f"trained on {self.feature_dim_}-d features",
+                                  fix="use bags from the same patch encoder the model was trained on")
+        if self.genomics_at_test:
+            missing = sorted(set(self.genomics_columns_) - set(map(str, getattr(cohort.genomics, "columns", []))))
+            if missing:
+                raise BadInputError(f"model {self.name!r} reads genomics at test time; {len(missing)} trained "
+                                    f"genomic column(s) are missing, e.g. {missing[0]!r}")
+        return load_case_data(cohort, self.scaler_, None, self.genomics_columns_)
+
+    @torch.no_grad()
+    def predict_logits(self, data: CaseData, batch_size: int | None = None) -> torch.Tensor:
+        """Logits ``(n, n_outputs)``; each case is computed independently of the others in its batch."""
+        self.model_.eval()
+        device = self._device()
+        out = []
+        order = torch.arange(len(data))
+        for index in batches(order, batch_size or self.batch_size):
+            out.append(self._forward(self.model_, collate(data, index).to(device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.task_.n_outputs)
+
+    def predict(self, cohort: Cohort) -> pd.DataFrame:
+        """Per-case predictions indexed by case_id: ``risk`` (+ survival curve) or class probabilities."""
+        data = self._case_data(cohort)
+        return self.task_.predictions(self.predict_logits(data), data.case_ids)
+
+    def evaluate(self, cohort: Cohort, predictions: pd.DataFrame | None = None) -> dict[str, float]:
+        predictions = self.predict(cohort) if predictions is None else predictions
+        return self.task_.evaluate(predictions, cohort)
+
+    # -- save / load ---------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _set_extra_state(self, extra: dict[str, Any]) -> None:
+        pass
+
+    def checkpoint(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "aggregator": self.name,
+            "params": json.dumps(self.get_params(), default=str), "task": json.dumps(self.task_.state()),
+            "feature_dim": int(self.feature_dim_), "genomics_columns": list(self.genomics_columns_),
+            "genomics_mean": torch.from_numpy(self.scaler_.mean), "genomics_std": torch.from_numpy(self.scaler_.std),
+            "training_case_ids": list(self.training_case_ids_),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
+            "extra": self._extra_state(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.checkpoint(), tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "Aggregator":
+        """Load any registered aggregator's checkpoint (when called on a subclass, the kind must match)."""
+        from ..registry import get_aggregator_class
+
+        ckpt = read_checkpoint(path)
+        target_cls = get_aggregator_class(ckpt["aggregator"])
+        if cls is not Aggregator and not issubclass(target_cls, cls):
+            raise CheckpointError(f"checkpoint holds a {ckpt['aggregator']!r} model, not {cls.name!r}", path)
+        params = {k: v for k, v in json.loads(ckpt["params"]).items() if k in target_cls._get_param_names()}
+        if device is not None:
+            params["device"] = device
+        model = target_cls(**params)
+        model.task_ = task_from_state(json.loads(ckpt["task"]))
+        model.feature_dim_ = ckpt["feature_dim"]
+        model.genomics_columns_ = list(ckpt["genomics_columns"])
+        model.scaler_ = GenomicsScaler(ckpt["genomics_mean"].numpy(), ckpt["genomics_std"].numpy())
+        model.training_case_ids_ = list(ckpt["training_case_ids"])
+        model._set_extra_state(ckpt.get("extra", {}))
+        module = model._build_model(model.feature_dim_, len(model.genomics_columns_), model.task_.n_outputs)
+        try:
+            module.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit a {ckpt['aggregator']!r} model "
+                                  f"({str(exc).splitlines()[0]})", path) from exc
+        model.model_ = module.to(model._device())
+        return model
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely: tensors and plain values only (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint file not found", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unsafe or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"not a safe msrl-plugin checkpoint (refused to load: {first[:160]})", path,
+                              "only checkpoints written by msrl-plugin can be loaded; "
+                              "pickled objects are never executed") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError("not an msrl-plugin checkpoint (a CLAM/raw state_dict?)", path,
+                              "pass a model.pt written by msrl-plugin train")
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint version {ckpt['version']} is newer than this msrl-plugin", path,
+                              "upgrade msrl-plugin")
+    return ckpt

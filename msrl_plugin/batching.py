@@ -1,0 +1,107 @@
+"""Training data held as tensors, and mini-batches of variable-size bags (padding + mask)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cohort import Cohort
+
+
+@dataclass
+class GenomicsScaler:
+    """Per-column standardisation fitted on training cases that have genomics (never on test cases)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray, available: np.ndarray) -> "GenomicsScaler":
+        rows = values[available]
+        if len(rows) == 0:
+            return cls(np.zeros(values.shape[1], np.float32), np.ones(values.shape[1], np.float32))
+        std = rows.std(axis=0)
+        return cls(rows.mean(axis=0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+    def transform(self, values: np.ndarray, available: np.ndarray) -> np.ndarray:
+        out = ((values - self.mean) / self.std).astype(np.float32)
+        out[~available] = 0.0
+        return out
+
+
+@dataclass
+class CaseData:
+    """Everything a model needs about a list of cases, aligned by position."""
+
+    case_ids: list[str]
+    bags: list[torch.Tensor]                      # each (N_i, D) float32
+    genomics: torch.Tensor                        # (n, G) float32, standardised, zeros where missing
+    has_genomics: torch.Tensor                    # (n,) bool
+    targets: dict[str, torch.Tensor]              # per-case task targets
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+
+def load_case_data(cohort: Cohort, scaler: GenomicsScaler | None, targets: dict[str, torch.Tensor] | None,
+                   genomics_columns: list[str] | None = None) -> CaseData:
+    bags = [torch.from_numpy(np.ascontiguousarray(cohort.load_bag(c).features, dtype=np.float32))
+            for c in cohort.case_ids]
+    if genomics_columns and cohort.genomics is not None:
+        cohort = cohort.subset(cohort.case_ids)
+        cohort.genomics = cohort.genomics.reindex(columns=genomics_columns)
+    values, available = cohort.genomics_matrix()
+    if scaler is not None and values.shape[1]:
+        values = scaler.transform(values, available)
+    return CaseData(cohort.case_ids, bags, torch.from_numpy(values), torch.from_numpy(available),
+                    targets or {})
+
+
+@dataclass
+class BagBatch:
+    """A mini-batch: ``x`` (B, N_max, D) zero-padded, ``mask`` (B, N_max) True = real patch."""
+
+    index: torch.Tensor        # (B,) positions into the CaseData
+    x: torch.Tensor
+    mask: torch.Tensor
+    genomics: torch.Tensor     # (B, G)
+    has_genomics: torch.Tensor  # (B,)
+    targets: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device) -> "BagBatch":
+        return BagBatch(self.index, self.x.to(device), self.mask.to(device), self.genomics.to(device),
+                        self.has_genomics.to(device), {k: v.to(device) for k, v in self.targets.items()})
+
+
+def collate(data: CaseData, index: torch.Tensor, max_patches: int | None = None,
+            generator: torch.Generator | None = None) -> BagBatch:
+    """Pad the bags at ``index``; with ``max_patches`` each larger bag is randomly subsampled."""
+    bags = []
+    for i in index.tolist():
+        bag = data.bags[i]
+        if max_patches and bag.shape[0] > max_patches:
+            keep = torch.randperm(bag.shape[0], generator=generator)[:max_patches]
+            bag = bag[keep.sort().values]
+        bags.append(bag)
+    n_max = max(b.shape[0] for b in bags)
+    x = torch.zeros(len(bags), n_max, bags[0].shape[1])
+    mask = torch.zeros(len(bags), n_max, dtype=torch.bool)
+    for j, bag in enumerate(bags):
+        x[j, : bag.shape[0]] = bag
+        mask[j, : bag.shape[0]] = True
+    return BagBatch(index, x, mask, data.genomics[index], data.has_genomics[index],
+                    {k: v[index] for k, v in data.targets.items()})
+
+
+def epoch_order(n: int, generator: torch.Generator, sampling_classes: np.ndarray | None = None) -> torch.Tensor:
+    """A shuffled order, or a class-balanced draw with replacement (weights N / count(class), as MCAT)."""
+    if sampling_classes is None:
+        return torch.randperm(n, generator=generator)
+    _, inverse, counts = np.unique(sampling_classes, return_inverse=True, return_counts=True)
+    weights = torch.as_tensor(n / counts[inverse], dtype=torch.double)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]

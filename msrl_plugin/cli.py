@@ -1,0 +1,295 @@
+"""``msrl-plugin``: train, predict and evaluate slide aggregators on TRIDENT/CLAM feature folders.
+
+Data path: files -> adapters -> Cohort -> aggregator.fit/predict -> predictions -> metrics -> files.
+Flags use the project's spellings; CLAM's spellings are accepted as aliases.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from .errors import MSRLPluginError
+
+
+# -- shared option bundles ------------------------------------------------------------------------
+def cohort_options(fn):
+    opts = [
+        click.option("--features", "--data_root_dir", "--data-root-dir", "features", required=True,
+                     type=click.Path(path_type=Path),
+                     help="TRIDENT job dir or features_<enc>/ folder, CLAM feature dir (h5_files/, pt_files/), "
+                          "or a folder of .h5/.pt bags."),
+        click.option("--clinical", "--csv_path", "clinical", type=click.Path(path_type=Path),
+                     help="Clinical table (CSV/TSV): case_id, slide_id and survival_months + censorship, or label."),
+        click.option("--genomics", "--omics", "genomics", type=click.Path(path_type=Path),
+                     help="Genomic table (CSV/TSV) keyed by case_id; cases without a row have missing genomics."),
+        click.option("--task", type=click.Choice(["survival", "classification"]), default="survival",
+                     show_default=True),
+        click.option("--patch-encoder", "--patch_encoder", "patch_encoder",
+                     help="TRIDENT patch encoder name (picks features_<enc>/ in a job dir)."),
+        click.option("--time-col", default="survival_months", show_default=True),
+        click.option("--censorship-col", default="censorship", show_default=True,
+                     help="1 = censored (SurvPath/MCAT convention)."),
+        click.option("--event-col", default=None, help="Use an event column (1 = event) instead of censorship."),
+        click.option("--label-col", "--label_col", "label_col", default="label", show_default=True),
+        click.option("--on-empty", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+                     help="What to do with empty (0-patch) bags."),
+        click.option("--on-missing-bag", type=click.Choice(["error", "skip"]), default="error",
+                     show_default=True, help="What to do with clinical rows that have no bag."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def model_options(fn):
+    opts = [
+        click.option("--model", "--model_type", "model", default="abmil", show_default=True,
+                     help="Registered aggregator (see list-models)."),
+        click.option("--max-epochs", "--max_epochs", "max_epochs", type=int),
+        click.option("--lr", type=float),
+        click.option("--reg", type=float, help="Weight decay."),
+        click.option("--drop-out", "--drop_out", "dropout", type=float),
+        click.option("--alpha-surv", "--alpha_surv", "alpha_surv", type=float),
+        click.option("--batch-size", "--batch_size", "batch_size", type=int),
+        click.option("--param", "extra_params", multiple=True, metavar="KEY=VALUE",
+                     help="Any other model hyper-parameter, e.g. --param k=10 (repeatable)."),
+        click.option("--seed", type=int, default=1, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def with_config(fn):
+    """``--config file.yaml``: its keys fill every flag that was not given on the command line."""
+
+    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="YAML file of flag values (flags given on the command line win).")
+    @functools.wraps(fn)
+    def wrapper(config_path, **kwargs):
+        if config_path is not None:
+            ctx = click.get_current_context()
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise MSRLPluginError("config must be a mapping of flag names to values", config_path)
+            for key, value in loaded.items():
+                key = key.replace("-", "_")
+                if key not in kwargs:
+                    raise MSRLPluginError(f"unknown config key {key!r}", config_path,
+                                          f"valid keys: {', '.join(sorted(kwargs))}")
+                if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
+                    kwargs[key] = Path(value) if isinstance(value, str) and key in PATH_KEYS else value
+        return fn(**kwargs)
+
+    return wrapper
+
+
+PATH_KEYS = {"features", "clinical", "genomics", "split_dir", "results_dir", "out"}
+
+
+def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters for ``model`` from the flags (only those the model accepts) and ``--param``."""
+    from .registry import get_aggregator_class
+
+    valid = set(get_aggregator_class(model)._get_param_names())
+    params = {k: kwargs[k] for k in ("max_epochs", "lr", "reg", "dropout", "alpha_surv", "batch_size", "seed",
+                                     "device") if kwargs.get(k) is not None and k in valid}
+    for item in kwargs.get("extra_params") or ():
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise MSRLPluginError(f"--param {item!r} is not KEY=VALUE")
+        if key not in valid:
+            raise MSRLPluginError(f"model {model!r} has no parameter {key!r}",
+                                  fix=f"valid: {', '.join(sorted(valid))}")
+        params[key] = yaml.safe_load(raw)
+    return params
+
+
+def load_cohort_from_flags(kw: dict[str, Any]):
+    from .adapters.loader import load_cohort
+
+    return load_cohort(kw["features"], kw["clinical"], kw["task"], kw.get("genomics"),
+                       patch_encoder=kw.get("patch_encoder"), on_empty=kw["on_empty"],
+                       on_missing_bag=kw["on_missing_bag"], time_col=kw["time_col"],
+                       censorship_col=kw["censorship_col"], event_col=kw["event_col"], label_col=kw["label_col"])
+
+
+def echo(msg: str = "") -> None:
+    if not click.get_current_context().find_root().obj.get("quiet"):
+        click.echo(msg)
+
+
+# -- commands ---------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--quiet", "-q", is_flag=True, help="Only print results and errors.")
+@click.version_option(package_name="msrl-plugin")
+@click.pass_context
+def cli(ctx, debug, quiet):
+    """MSRL and ABMIL slide aggregators for TRIDENT/CLAM patch features."""
+    ctx.obj = {"debug": debug, "quiet": quiet}
+
+
+@cli.command()
+@cohort_options
+@model_options
+@click.option("--k", type=int, default=5, show_default=True, help="Number of folds (ignored with --split-dir).")
+@click.option("--k-start", "--k_start", "k_start", type=int, default=-1)
+@click.option("--k-end", "--k_end", "k_end", type=int, default=-1)
+@click.option("--split-dir", "--split_dir", "--splits_dir", "split_dir", type=click.Path(path_type=Path),
+              help="Folder of CLAM/SurvPath splits_<k>.csv files (instead of --k random folds).")
+@click.option("--results-dir", "--results_dir", "results_dir", type=click.Path(path_type=Path),
+              default=Path("results"), show_default=True)
+@click.option("--exp-code", "--exp_code", "exp_code", default=None, help="Experiment name (default: the model).")
+@with_config
+def train(**kw):
+    """Cross-validate a model and write a CLAM-style results folder."""
+    from .adapters.results import ResultsFolder
+    from .experiment import SELECTION_RULE, cross_validate
+    from .splits import kfold_splits
+
+    params = model_params(kw["model"], kw)
+    cohort = load_cohort_from_flags(kw)
+    echo(f"{cohort}")
+    folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"], kw["seed"])
+    start = 0 if kw["k_start"] < 0 else kw["k_start"]
+    end = len(folds) if kw["k_end"] < 0 else kw["k_end"]
+    folds = folds[start:end]
+    sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort)
+    sink.write_config({**{k: v for k, v in kw.items()}, "model_params": params, "selection_rule": SELECTION_RULE,
+                       "folds": [f.source for f in folds[:1]]})
+    result = cross_validate(cohort, folds, kw["model"], params, sink,
+                            progress=not click.get_current_context().find_root().obj["quiet"], log=echo)
+    click.echo(format_summary(result))
+    click.echo(f"results: {sink.path}")
+
+
+def split_dir_folds(cohort, split_dir: Path):
+    from .adapters.clam import find_split_files, read_split_file
+    from .splits import folds_from_split_tables
+
+    files = find_split_files(split_dir)
+    return folds_from_split_tables(cohort, [read_split_file(f) for f in files], [str(f) for f in files])
+
+
+def format_summary(result) -> str:
+    table = result.mean_sd()
+    lines = [f"{result.model}: mean +- sd over {len(result.fold_metrics)} folds"]
+    for name, row in table.iterrows():
+        if not name.endswith("seconds"):
+            lines.append(f"  {name:<24} {row['mean']:.4f} +- {row['sd']:.4f}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--model-path", "--ckpt_path", "model_path", required=True, type=click.Path(path_type=Path),
+              help="A checkpoint written by train (s_<k>_checkpoint.pt).")
+@cohort_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@with_config
+def predict(**kw):
+    """Predict new cases with a saved model (WSI only for WSI-inference models)."""
+    from .adapters.loader import load_unlabelled_cohort
+    from .aggregators.base import Aggregator
+    from .atomic import write_csv
+
+    model = Aggregator.load(kw["model_path"], device=kw["device"])
+    cohort = load_unlabelled_cohort(kw["features"], model.task_.name, kw["clinical"], kw["genomics"],
+                                    patch_encoder=kw["patch_encoder"])
+    predictions = model.predict(cohort)
+    write_csv(kw["out"], predictions, index=True)
+    echo(f"{len(predictions)} predictions -> {kw['out']}")
+
+
+@cli.command()
+@click.option("--model-path", "--ckpt_path", "model_path", required=True, type=click.Path(path_type=Path))
+@cohort_options
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write per-case predictions.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@with_config
+def evaluate(**kw):
+    """Score a saved model on a labelled cohort (c-index or AUC)."""
+    from .aggregators.base import Aggregator
+    from .atomic import write_csv
+
+    model = Aggregator.load(kw["model_path"], device=kw["device"])
+    if model.task_.name != kw["task"]:
+        raise MSRLPluginError(f"the model was trained for {model.task_.name}; pass --task {model.task_.name}")
+    cohort = load_cohort_from_flags(kw)
+    predictions = model.predict(cohort)
+    metrics = model.evaluate(cohort, predictions)
+    if kw["out"]:
+        write_csv(kw["out"], predictions, index=True)
+    for name, value in metrics.items():
+        click.echo(f"{name}\t{value:.4f}")
+
+
+@cli.command("list-models")
+def list_models():
+    """List registered aggregators (built-in and from plugins)."""
+    from .registry import get_aggregator_class, list_aggregators
+
+    for name in list_aggregators():
+        cls = get_aggregator_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name:<22} {doc}")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--patch-encoder", "--patch_encoder", "patch_encoder")
+def validate(directory, patch_encoder):
+    """Check every bag in a feature folder and print one summary table."""
+    from .adapters.validate import format_report, validate_folder
+
+    report = validate_folder(directory, patch_encoder=patch_encoder)
+    click.echo(format_report(report))
+    sys.exit(0 if report.usable else 1)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("msrl_demo"), show_default=True)
+@click.option("--models", default="abmil", show_default=True, help="Comma-separated models to train.")
+@click.option("--k", type=int, default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None)
+def demo(out, models, k, seed, max_epochs):
+    """Generate the small multimodal demo cohort (TRIDENT layout) and cross-validate on it."""
+    from .demo import run_demo
+
+    run_demo(out, [m.strip() for m in models.split(",") if m.strip()], k, seed, max_epochs, log=echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: project errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, standalone_mode=False, prog_name="msrl-plugin")
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MSRLPluginError as exc:
+        if "--debug" in args:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Cross-validation: the same folds, seed and budget for any registered aggregator.
+
+Data flows one way: cohort -> folds -> aggregator.fit/predict -> predictions -> metrics -> a results
+sink (``msrl_plugin.adapters.results.ResultsFolder`` writes the CLAM-style folder).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .aggregators.base import Aggregator
+from .cohort import Cohort
+from .registry import create_aggregator
+from .splits import Fold
+
+SELECTION_RULE = "fixed epoch budget, last-epoch model (no early stopping; MCAT/SurvPath convention)"
+
+
+class ResultsSink(Protocol):
+    def fold_done(self, fold: Fold) -> bool: ...
+    def load_fold(self, fold: Fold) -> tuple[pd.DataFrame, dict[str, float]]: ...
+    def write_fold(self, fold: Fold, model: Aggregator, predictions: pd.DataFrame,
+                   metrics: dict[str, float], extra: dict[str, Any]) -> None: ...
+    def write_summary(self, rows: list[dict[str, Any]], task: str) -> None: ...
+
+
+@dataclass
+class CVResult:
+    model: str
+    fold_metrics: pd.DataFrame
+    predictions: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    def mean_sd(self) -> pd.DataFrame:
+        numeric = self.fold_metrics.drop(columns=["fold"], errors="ignore").select_dtypes("number")
+        return pd.DataFrame({"mean": numeric.mean(), "sd": numeric.std(ddof=1)})
+
+
+def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any],
+             progress: bool = False) -> tuple[Aggregator, pd.DataFrame, dict[str, float], dict[str, Any]]:
+    """Fit on the fold's training cases only, predict its held-out cases, score them."""
+    fold.check(cohort)
+    model = create_aggregator(model_name, **params)
+    train = cohort.subset(fold.train)
+    start = time.perf_counter()
+    model.fit(train, progress=progress)
+    fit_seconds = time.perf_counter() - start
+    test = cohort.subset(fold.test)
+    predictions = model.predict(test)
+    metrics = {f"test_{k}": v for k, v in model.evaluate(test, predictions).items()}
+    if fold.val:
+        val = cohort.subset(fold.val)
+        metrics.update({f"val_{k}": v for k, v in model.evaluate(val).items()})
+    extra = {"fit_seconds": fit_seconds, "epoch_seconds": fit_seconds / max(1, len(model.history_)),
+             "n_train": len(fold.train), "n_test": len(fold.test)}
+    return model, predictions, metrics, extra
+
+
+def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: dict[str, Any],
+                   sink: ResultsSink | None = None, progress: bool = False, log=print) -> CVResult:
+    rows, preds = [], {}
+    for fold in folds:
+        if sink is not None and sink.fold_done(fold):
+            predictions, metrics = sink.load_fold(fold)
+            log(f"fold {fold.k}: already done, kept ({_fmt(metrics)})")
+            extra = {}
+        else:
+            model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress)
+            if sink is not None:
+                sink.write_fold(fold, model, predictions, metrics, extra)
+            log(f"fold {fold.k}: {_fmt(metrics)}  ({extra['fit_seconds']:.1f}s)")
+        rows.append({"fold": fold.k, **metrics, **{k: v for k, v in extra.items() if k.endswith("seconds")}})
+        preds[fold.k] = predictions
+    result = CVResult(model_name, pd.DataFrame(rows), preds)
+    if sink is not None:
+        sink.write_summary(rows, cohort.task)
+    return result
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v))

@@ -1,0 +1,64 @@
+"""Gated attention-based MIL pooling (Ilse et al. 2018) in CLAM's 'small' configuration."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GatedAttentionPool(nn.Module):
+    """Patch features ``(B, N, D)`` (+ mask ``(B, N)`` bool, True = real patch) -> case vector ``(B, H)``.
+
+    fc D -> H (ReLU, dropout), gated attention H -> A (tanh branch x sigmoid branch, dropout 0.25 each
+    as in CLAM's ``Attn_Net_Gated``), softmax over patches, attention-weighted sum.
+    Returns ``(pooled (B, H), raw attention scores (B, N))``; padded patches score -inf.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, attn_dim: int = 256, dropout: float = 0.25,
+                 input_dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Dropout(input_dropout), nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+                                nn.Dropout(dropout))
+        self.attn_a = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Tanh(), nn.Dropout(dropout))
+        self.attn_b = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Sigmoid(), nn.Dropout(dropout))
+        self.attn_w = nn.Linear(attn_dim, 1)
+        self.out_dim = hidden_dim
+        init_xavier(self)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(x)
+        scores = self.attn_w(self.attn_a(h) * self.attn_b(h)).squeeze(-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return torch.bmm(weights.unsqueeze(1), h).squeeze(1), scores
+
+
+class ABMIL(nn.Module):
+    """The ABMIL baseline: ``GatedAttentionPool`` (D -> 512, attention 256), rho 512 -> 256, head -> n_out."""
+
+    def __init__(self, in_dim: int, n_outputs: int, hidden_dim: int = 512, attn_dim: int = 256,
+                 rho_dim: int = 256, dropout: float = 0.25):
+        super().__init__()
+        self.pool = GatedAttentionPool(in_dim, hidden_dim, attn_dim, dropout)
+        self.rho = nn.Sequential(nn.Linear(hidden_dim, rho_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Linear(rho_dim, n_outputs)
+        init_xavier(self.rho)
+        init_xavier(self.head)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, rho_dim)`` case embedding and ``(B, N)`` raw attention scores."""
+        pooled, scores = self.pool(x, mask)
+        return self.rho(pooled), scores
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, scores = self.embed(x, mask)
+        return self.head(emb), scores
+
+
+def init_xavier(module: nn.Module) -> None:
+    """Xavier-normal weights and zero biases for every Linear (CLAM's ``initialize_weights``)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,70 @@
+"""GCN encoder over a learned, already-normalised dense adjacency, and the contrastive projection head."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GCNConv
+from torch_geometric.utils import dense_to_sparse
+
+
+class GCN(nn.Module):
+    """Stack of GCN layers H' = A (H W) + b on a given normalised adjacency A (method.md §2) [S].
+
+    No self loops are added and A is not re-normalised (the graph learner already did both). Each layer is a
+    torch-geometric ``GCNConv(normalize=False, add_self_loops=False)`` on the non-zero entries of A, so
+    gradients flow into A's values (and on into the graph learner).
+
+    Args:
+        in_dim, hidden_dim, out_dim: layer widths in -> hidden (x n_layers-1) -> out
+            [D: 768 -> 768 -> 768; fused 1536 -> 768 -> 768].
+        n_layers: number of GCN layers [S: 2].
+        dropout: feature dropout between layers (after ReLU) [S: 0.5 pre-training; D: 0.25 fine-tuning].
+        dropedge: dropout on the dense adjacency values in training, kept values scaled by 1/(1-p)
+            [S: 0.5 default; D: 0 during fine-tuning]. One drop pattern per forward, shared by all layers [S].
+
+    Shapes: ``forward(x (N, in_dim), adj (N, N)) -> (N, out_dim)``. ``adj`` need not be symmetric.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        n_layers: int = 2,
+        dropout: float = 0.5,
+        dropedge: float = 0.0,
+    ):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError("n_layers must be >= 1")
+        dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(
+            GCNConv(d_in, d_out, normalize=False, add_self_loops=False) for d_in, d_out in pairwise(dims)
+        )
+        self.dropout, self.dropedge = dropout, dropedge
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        adj = F.dropout(adj, p=self.dropedge, training=self.training)
+        edge_index, edge_weight = dense_to_sparse(adj)
+        # PyG aggregates messages source -> target at edge_index[1]; flip so out[i] = sum_j A[i, j] h_j.
+        edge_index = edge_index.flip(0)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, edge_index, edge_weight)
+            if i < len(self.layers) - 1:
+                x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+        return x
+
+
+class ProjectionHead(nn.Module):
+    """Linear -> ReLU -> Linear for the contrastive losses [S]. (N, in_dim) -> (N, proj_dim) [D: 256]."""
+
+    def __init__(self, in_dim: int, proj_dim: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, proj_dim), nn.ReLU(), nn.Linear(proj_dim, proj_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

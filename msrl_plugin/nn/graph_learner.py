@@ -1,0 +1,194 @@
+"""Graph-structure learner (MSRL Algorithm 1 = SUBLIME attentive learner) and static kNN ablation graphs.
+
+All graphs share one post-processing (method.md §1.3): top-(k+1) per row -> ReLU -> (A + A^T)/2 ->
+D^-1/2 A D^-1/2. Masks are bool (N, N), True = edge allowed; forbidden entries are excluded *before* the
+top-k so every row keeps k valid neighbours (method.md §12.4).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_DEGREE_EPS = 1e-10  # [S] D = rowsum + 1e-10
+
+
+class LearnedGraph(NamedTuple):
+    """adj: (N, N) sparse-valued dense normalised adjacency; similarity: (N, N) dense pre-top-k similarity."""
+
+    adj: torch.Tensor
+    similarity: torch.Tensor
+
+
+def topk_selection(sim: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool (N, M) selection of the top-(k+1) entries per row (self included), never a forbidden one.
+
+    k+1 is clamped to the number of columns; rows with fewer allowed entries keep only those. The selection
+    is computed on detached values, so it is a constant for autograd.
+    """
+    scores = sim.detach()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    n_keep = min(k + 1, scores.shape[-1])
+    idx = scores.topk(n_keep, dim=-1).indices
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+    if mask is not None:
+        keep &= mask  # rows with < k+1 allowed entries picked some -inf ones: drop them
+    return keep
+
+
+def symmetric_normalise(adj: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 with D = rowsum(A) + 1e-10; no self loops are added. (N, N) -> (N, N)."""
+    inv_sqrt = (adj.sum(dim=1) + _DEGREE_EPS).pow(-0.5)
+    return inv_sqrt[:, None] * adj * inv_sqrt[None, :]
+
+
+def sparsify_and_normalise(sim: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-(k+1) per row, ReLU, symmetrise, symmetric-normalise [S]. (N, N) similarity -> (N, N) adjacency.
+
+    Gradients flow through the kept similarity values (the selection itself is constant).
+    """
+    keep = topk_selection(sim, k, mask)
+    adj = F.relu(torch.where(keep, sim, torch.zeros_like(sim)))
+    adj = (adj + adj.t()) / 2
+    return symmetric_normalise(adj)
+
+
+def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
+    """Row-L2-normalise then X X^T. (N, D) -> (N, N)."""
+    e = F.normalize(x, p=2, dim=1)
+    return e @ e.t()
+
+
+class GraphLearner(nn.Module):
+    """Hadamard-weighted attentive graph learner (method.md §1) [P form, S init/depth].
+
+    E^(l) = act(E^(l-1) * w^(l)) for l < L, E^(L) = E^(L-1) * w^(L); S = normalise(E^(L)) normalise(E^(L))^T;
+    A_r = sparsify_and_normalise(S, k, mask).
+
+    Args:
+        dim: node feature dim D.
+        n_layers: number of weight vectors L [S: 2].
+        k: neighbours kept per row besides self [D: 10; sweep 5-20].
+        activation: between layers, ``"tanh"`` [S: att learner on Citeseer/Pubmed; D default] or ``"relu"``.
+
+    Shapes: ``forward(x (N, D), mask (N, N) bool | None) -> LearnedGraph(adj (N, N), similarity (N, N))``.
+    ``similarity`` is the raw dense cosine (may be negative), e.g. for the balanced BCE of method.md §5.3.
+    """
+
+    def __init__(self, dim: int, n_layers: int = 2, k: int = 10, activation: str = "tanh"):
+        super().__init__()
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
+        if n_layers < 1:
+            raise ValueError("n_layers must be >= 1")
+        self.dim, self.k, self.activation = dim, k, activation
+        self.weights = nn.ParameterList([nn.Parameter(torch.ones(dim)) for _ in range(n_layers)])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Row-L2-normalised learner embedding E^(L). (N, D) -> (N, D)."""
+        act = torch.tanh if self.activation == "tanh" else torch.relu
+        h = x
+        for i, w in enumerate(self.weights):
+            h = h * w
+            if i < len(self.weights) - 1:
+                h = act(h)
+        return F.normalize(h, p=2, dim=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> LearnedGraph:
+        e = self.embed(x)
+        sim = e @ e.t()
+        return LearnedGraph(sparsify_and_normalise(sim, self.k, mask), sim)
+
+
+def knn_graph(
+    x: torch.Tensor, k: int, metric: str = "cosine", mask: torch.Tensor | None = None
+) -> LearnedGraph:
+    """Static kNN graph with the learner's post-processing (method.md §6, §12.7). (N, D) -> LearnedGraph.
+
+    - ``"cosine"``: similarity = cosine, edge values = ReLU(cosine): the learner pipeline with w = 1, L = 1.
+    - ``"euclidean"``: similarity = Gaussian kernel exp(-d^2 / median(d^2)) over off-diagonal pairs [D]. It is
+      strictly decreasing in d, so the top-k equals the top-k of -distance, and its values lie in (0, 1]
+      (self = 1), non-negative like ReLU(cosine).
+    Gradients flow into ``x``; detach it for a fully fixed graph.
+    """
+    if metric == "cosine":
+        sim = cosine_similarity_matrix(x)
+    elif metric == "euclidean":
+        sq = (x * x).sum(dim=1)
+        d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp_min(0)  # cdist's sqrt has no gradient at 0
+        n = x.shape[0]
+        off = d2.detach()[~torch.eye(n, dtype=torch.bool, device=x.device)]
+        bandwidth = off.median() if off.numel() else d2.new_tensor(1.0)
+        bandwidth = torch.where(bandwidth > 0, bandwidth, torch.ones_like(bandwidth))
+        sim = torch.exp(-d2 / bandwidth)
+    else:
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    return LearnedGraph(sparsify_and_normalise(sim, k, mask), sim)
+
+
+class KNNGraph(nn.Module):
+    """Parameter-free stand-in for :class:`GraphLearner` (same ``forward``), for the static-graph ablations.
+
+    Args: k [D: 10, same as the learner], metric ``"cosine"`` | ``"euclidean"`` [P: both ablations].
+    """
+
+    def __init__(self, k: int = 10, metric: str = "cosine"):
+        super().__init__()
+        self.k, self.metric = k, metric
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> LearnedGraph:
+        return knn_graph(x, self.k, self.metric, mask)
+
+
+@torch.no_grad()
+def topk_candidates(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    m: int,
+    block_size: int = 65536,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact cosine top-m keys per query, computed over key blocks. Returns (B, min(m, K)) int64 indices.
+
+    Args:
+        queries: (B, d); keys: (K, d). Pass ``GraphLearner.embed`` outputs to rank in the learner's space.
+        m: candidates per query; block_size: keys per block (memory is O(B * block_size)).
+        allowed: optional (B, K) bool, True = key may be a candidate of that query (e.g. not its own case).
+            Forbidden keys are never returned unless a query has fewer than m allowed keys.
+    Indices are sorted by decreasing similarity.
+    """
+    q = F.normalize(queries, p=2, dim=1)
+    n_keys = keys.shape[0]
+    m = min(m, n_keys)
+    best_val = q.new_full((q.shape[0], 0), float("-inf"))
+    best_idx = torch.zeros((q.shape[0], 0), dtype=torch.long, device=q.device)
+    for start in range(0, n_keys, block_size):
+        kb = F.normalize(keys[start : start + block_size], p=2, dim=1)
+        sim = q @ kb.t()
+        if allowed is not None:
+            sim = sim.masked_fill(~allowed[:, start : start + kb.shape[0]], float("-inf"))
+        val, idx = sim.topk(min(m, kb.shape[0]), dim=1)
+        merged_val, merged_idx = torch.cat([best_val, val], 1), torch.cat([best_idx, idx + start], 1)
+        best_val, pos = merged_val.topk(min(m, merged_val.shape[1]), dim=1)
+        best_idx = merged_idx.gather(1, pos)
+    return best_idx
+
+
+def candidate_nodes(candidates: torch.Tensor) -> torch.Tensor:
+    """Sorted union of candidate indices. (B, m) int64 -> (U,) int64.
+
+    Scalable graph forward for a large buffer: rank buffer rows per query with :func:`topk_candidates`, then
+    build the graph over ``[queries; keys[union]]`` only, e.g.::
+
+        idx = candidate_nodes(topk_candidates(learner.embed(q), learner.embed(keys), m, allowed=~excl))
+        x = torch.cat([q, keys[idx]])
+        graph = learner(x, graph_forward_mask(len(q), valid[idx], excl[:, idx]))
+
+    This equals the dense graph over ``[queries; keys]`` when m >= K. For m < K it approximates it: buffer
+    rows only see neighbours inside the union, which changes their degrees and hence the normalisation.
+    """
+    return torch.unique(candidates.reshape(-1), sorted=True)

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from _cohorts import easy_classification_cohort, easy_survival_cohort
+from sklearn.base import clone
+
+from msrl_plugin import create_aggregator, list_aggregators
+from msrl_plugin.aggregators.base import Aggregator
+from msrl_plugin.errors import CheckpointError, MSRLPluginError
+from msrl_plugin.nn.abmil import ABMIL
+
+
+def test_abmil_module_shapes_and_mask():
+    model = ABMIL(16, 4).eval()
+    x = torch.randn(2, 10, 16)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    logits, scores = model(x, mask)
+    assert logits.shape == (2, 4) and scores.shape == (2, 10)
+    assert torch.isinf(scores[1, 6:]).all()
+    alone, _ = model(x[1:, :6], None)  # padding must not change a bag's output
+    torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_abmil_learns_easy_survival_task():
+    cohort = easy_survival_cohort(n=160, seed=1)
+    train, test = cohort.subset(cohort.case_ids[:110]), cohort.subset(cohort.case_ids[110:])
+    model = create_aggregator("abmil", max_epochs=15, seed=0).fit(train)
+    assert model.evaluate(test)["c_index"] > 0.7
+    pred = model.predict(test)
+    assert list(pred.index) == test.case_ids and "risk" in pred
+
+
+def test_abmil_learns_easy_classification_task():
+    cohort = easy_classification_cohort(n=120, seed=2)
+    train, test = cohort.subset(cohort.case_ids[:80]), cohort.subset(cohort.case_ids[80:])
+    model = create_aggregator("abmil", max_epochs=15, seed=0).fit(train)
+    metrics = model.evaluate(test)
+    assert metrics["auc"] > 0.8
+    probs = model.predict(test)[["prob_normal", "prob_tumor"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+
+
+def test_same_seed_same_predictions_and_save_load_round_trip(tmp_path):
+    cohort = easy_survival_cohort(n=60)
+    a = create_aggregator("abmil", max_epochs=2, seed=3).fit(cohort)
+    b = create_aggregator("abmil", max_epochs=2, seed=3).fit(cohort)
+    np.testing.assert_array_equal(a.predict(cohort)["risk"], b.predict(cohort)["risk"])
+    path = a.save(tmp_path / "m.pt")
+    loaded = Aggregator.load(path)
+    np.testing.assert_array_equal(loaded.predict(cohort)["risk"], a.predict(cohort)["risk"])
+    assert loaded.get_params() == a.get_params()
+
+
+def test_attention_scores_per_patch():
+    cohort = easy_survival_cohort(n=30)
+    model = create_aggregator("abmil", max_epochs=1).fit(cohort)
+    scores = model.attention_scores(cohort.subset(cohort.case_ids[:3]))
+    for case_id, (att, _) in scores.items():
+        assert att.shape == (cohort.load_bag(case_id).features.shape[0],)
+        assert att.sum() == pytest.approx(1, abs=1e-5)
+
+
+def test_registry_and_sklearn_params():
+    assert "abmil" in list_aggregators()
+    model = create_aggregator("abmil", lr=1e-3)
+    assert clone(model).get_params()["lr"] == 1e-3
+    with pytest.raises(MSRLPluginError, match="no parameter"):
+        create_aggregator("abmil", not_a_param=1)
+    with pytest.raises(MSRLPluginError, match="unknown model"):
+        create_aggregator("nope")
+
+
+def test_feature_dim_mismatch_and_foreign_checkpoints(tmp_path):
+    model = create_aggregator("abmil", max_epochs=1).fit(easy_survival_cohort(n=30, dim=16))
+    with pytest.raises(CheckpointError, match="16-d"):
+        model.predict(easy_survival_cohort(n=10, dim=8))
+    raw = tmp_path / "clam_state.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, raw)
+    with pytest.raises(CheckpointError, match="not an msrl-plugin checkpoint"):
+        Aggregator.load(raw)
