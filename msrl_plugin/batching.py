@@ -17,7 +17,7 @@ class GenomicsScaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray, available: np.ndarray) -> "GenomicsScaler":
+    def fit(cls, values: np.ndarray, available: np.ndarray) -> GenomicsScaler:
         rows = values[available]
         if len(rows) == 0:
             return cls(np.zeros(values.shape[1], np.float32), np.ones(values.shape[1], np.float32))
@@ -69,7 +69,7 @@ class BagBatch:
     has_genomics: torch.Tensor  # (B,)
     targets: dict[str, torch.Tensor]
 
-    def to(self, device: torch.device) -> "BagBatch":
+    def to(self, device: torch.device) -> BagBatch:
         return BagBatch(self.index, self.x.to(device), self.mask.to(device), self.genomics.to(device),
                         self.has_genomics.to(device), {k: v.to(device) for k, v in self.targets.items()})
 

@@ -159,7 +159,7 @@ def train(**kw):
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"], kw["seed"])
-    start = 0 if kw["k_start"] < 0 else kw["k_start"]
+    start = max(kw["k_start"], 0)
     end = len(folds) if kw["k_end"] < 0 else kw["k_end"]
     folds = folds[start:end]
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort)

@@ -5,8 +5,9 @@ provides (``msrl_plugin.adapters``), tables arrive as pandas frames.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -114,7 +115,7 @@ class Cohort:
     def genomics_dim(self) -> int:
         return 0 if self.genomics is None else self.genomics.shape[1]
 
-    def subset(self, case_ids: Sequence[str]) -> "Cohort":
+    def subset(self, case_ids: Sequence[str]) -> Cohort:
         """The same cohort restricted to ``case_ids`` (order kept; class names shared)."""
         case_ids = [str(c) for c in case_ids]
         unknown = [c for c in case_ids if c not in self.cases.index]

@@ -7,8 +7,9 @@ whose object is an :class:`~msrl_plugin.aggregators.base.Aggregator` subclass (o
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from .errors import MSRLPluginError
 

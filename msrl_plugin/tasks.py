@@ -28,7 +28,7 @@ class SurvivalTask:
     def n_outputs(self) -> int:
         return self.n_bins
 
-    def fit(self, cohort: Cohort) -> "SurvivalTask":
+    def fit(self, cohort: Cohort) -> SurvivalTask:
         check_task(cohort, SURVIVAL)
         if cohort.events().sum() == 0:
             raise BadInputError("the training cases contain no events (all censored)",
@@ -75,7 +75,7 @@ class ClassificationTask:
     def n_outputs(self) -> int:
         return len(self.class_names)
 
-    def fit(self, cohort: Cohort) -> "ClassificationTask":
+    def fit(self, cohort: Cohort) -> ClassificationTask:
         check_task(cohort, CLASSIFICATION)
         present = np.unique(cohort.labels())
         if len(present) < 2:

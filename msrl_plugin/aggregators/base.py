@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class Aggregator(BaseEstimator):
         return self.task_.loss(self._forward(model, batch), batch.targets)
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, cohort: Cohort, progress: bool | None = None) -> "Aggregator":
+    def fit(self, cohort: Cohort, progress: bool | None = None) -> Aggregator:
         data = self._prepare_fit(cohort)
         self.model_ = self._build_model(self.feature_dim_, len(self.genomics_columns_),
                                         self.task_.n_outputs).to(self._device())
@@ -179,7 +180,7 @@ class Aggregator(BaseEstimator):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Aggregator":
+    def load(cls, path: str | Path, device: str | None = None) -> Aggregator:
         """Load any registered aggregator's checkpoint (when called on a subclass, the kind must match)."""
         from ..registry import get_aggregator_class
 
@@ -214,7 +215,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError("checkpoint file not found", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unsafe or foreign file
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"not a safe msrl-plugin checkpoint (refused to load: {first[:160]})", path,
                               "only checkpoints written by msrl-plugin can be loaded; "

@@ -48,15 +48,31 @@ class GCN(nn.Module):
         self.dropout, self.dropedge = dropout, dropedge
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """``x (N, in), adj (N, N) -> (N, out)``, or B independent graphs: ``(B, N, in), (B, N, N) -> (B, N, out)``."""
         adj = F.dropout(adj, p=self.dropedge, training=self.training)
-        edge_index, edge_weight = dense_to_sparse(adj)
+        if adj.dim() == 3:
+            b, n = adj.shape[:2]
+            edge_index, edge_weight = block_diagonal_edges(adj)
+            x = x.reshape(b * n, -1)
+        else:
+            edge_index, edge_weight = dense_to_sparse(adj)
         # PyG aggregates messages source -> target at edge_index[1]; flip so out[i] = sum_j A[i, j] h_j.
         edge_index = edge_index.flip(0)
         for i, layer in enumerate(self.layers):
             x = layer(x, edge_index, edge_weight)
             if i < len(self.layers) - 1:
                 x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
-        return x
+        return x.view(b, n, -1) if adj.dim() == 3 else x
+
+
+def block_diagonal_edges(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N, N)`` dense adjacencies -> edges of their block-diagonal union (node ``b*N + i``).
+
+    (torch-geometric's batched ``dense_to_sparse`` edits its index in place, which breaks autograd.)
+    """
+    b_idx, row, col = adj.detach().nonzero(as_tuple=True)
+    n = adj.shape[1]
+    return torch.stack([b_idx * n + row, b_idx * n + col]), adj[b_idx, row, col]
 
 
 class ProjectionHead(nn.Module):

@@ -42,8 +42,8 @@ def topk_selection(sim: torch.Tensor, k: int, mask: torch.Tensor | None = None) 
 
 def symmetric_normalise(adj: torch.Tensor) -> torch.Tensor:
     """D^-1/2 A D^-1/2 with D = rowsum(A) + 1e-10; no self loops are added. (N, N) -> (N, N)."""
-    inv_sqrt = (adj.sum(dim=1) + _DEGREE_EPS).pow(-0.5)
-    return inv_sqrt[:, None] * adj * inv_sqrt[None, :]
+    inv_sqrt = (adj.sum(dim=-1) + _DEGREE_EPS).pow(-0.5)
+    return inv_sqrt[..., :, None] * adj * inv_sqrt[..., None, :]
 
 
 def sparsify_and_normalise(sim: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,14 +53,14 @@ def sparsify_and_normalise(sim: torch.Tensor, k: int, mask: torch.Tensor | None 
     """
     keep = topk_selection(sim, k, mask)
     adj = F.relu(torch.where(keep, sim, torch.zeros_like(sim)))
-    adj = (adj + adj.t()) / 2
+    adj = (adj + adj.transpose(-1, -2)) / 2
     return symmetric_normalise(adj)
 
 
 def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
     """Row-L2-normalise then X X^T. (N, D) -> (N, N)."""
-    e = F.normalize(x, p=2, dim=1)
-    return e @ e.t()
+    e = F.normalize(x, p=2, dim=-1)
+    return e @ e.transpose(-1, -2)
 
 
 class GraphLearner(nn.Module):
@@ -75,7 +75,8 @@ class GraphLearner(nn.Module):
         k: neighbours kept per row besides self [D: 10; sweep 5-20].
         activation: between layers, ``"tanh"`` [S: att learner on Citeseer/Pubmed; D default] or ``"relu"``.
 
-    Shapes: ``forward(x (N, D), mask (N, N) bool | None) -> LearnedGraph(adj (N, N), similarity (N, N))``.
+    Shapes: ``forward(x (N, D), mask (N, N) bool | None) -> LearnedGraph(adj (N, N), similarity (N, N))``;
+    a leading batch dim (B, N, D) builds B independent graphs.
     ``similarity`` is the raw dense cosine (may be negative), e.g. for the balanced BCE of method.md §5.3.
     """
 
@@ -96,11 +97,11 @@ class GraphLearner(nn.Module):
             h = h * w
             if i < len(self.weights) - 1:
                 h = act(h)
-        return F.normalize(h, p=2, dim=1)
+        return F.normalize(h, p=2, dim=-1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> LearnedGraph:
         e = self.embed(x)
-        sim = e @ e.t()
+        sim = e @ e.transpose(-1, -2)
         return LearnedGraph(sparsify_and_normalise(sim, self.k, mask), sim)
 
 
@@ -118,11 +119,13 @@ def knn_graph(
     if metric == "cosine":
         sim = cosine_similarity_matrix(x)
     elif metric == "euclidean":
-        sq = (x * x).sum(dim=1)
-        d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp_min(0)  # cdist's sqrt has no gradient at 0
-        n = x.shape[0]
-        off = d2.detach()[~torch.eye(n, dtype=torch.bool, device=x.device)]
-        bandwidth = off.median() if off.numel() else d2.new_tensor(1.0)
+        sq = (x * x).sum(dim=-1)
+        # cdist's sqrt has no gradient at 0, so square distances by hand
+        d2 = (sq[..., :, None] + sq[..., None, :] - 2 * x @ x.transpose(-1, -2)).clamp_min(0)
+        n = x.shape[-2]
+        off = d2.detach()[..., ~torch.eye(n, dtype=torch.bool, device=x.device)]  # (..., N*(N-1))
+        bandwidth = (off.median(dim=-1).values[..., None, None] if off.shape[-1]
+                     else d2.new_ones(d2.shape[:-2] + (1, 1)))
         bandwidth = torch.where(bandwidth > 0, bandwidth, torch.ones_like(bandwidth))
         sim = torch.exp(-d2 / bandwidth)
     else:

@@ -1,0 +1,138 @@
+"""Files -> :class:`~msrl_plugin.cohort.Cohort`: bags, clinical table and optional genomics wired together."""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..cohort import CLASSIFICATION, Cohort
+from ..errors import BadInputError
+from .bags import EMPTY_FIX, FileBagSource, inspect_bag, read_bag
+from .clam import read_clam_dataset_csv
+from .layouts import BagIndex, find_bags
+from .tables import ClinicalTable, read_clinical, read_genomics
+
+ON_EMPTY = ("error", "skip")
+ON_MISSING_BAG = ("error", "skip")
+PathLike = str | os.PathLike
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise BadInputError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _eg(items: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(repr(x) for x in list(items)[:n])
+    return shown + (", ..." if len(items) > n else "")
+
+
+def _empty_slides(table: ClinicalTable, index: BagIndex, on_empty: str) -> set[str]:
+    """Slides whose bag has 0 patches; other header defects raise at once (read_bag gives the fix)."""
+    wanted = sorted({s for ss in table.slides.values() for s in ss} & set(index.files))
+    empty = []
+    for slide in wanted:
+        report = inspect_bag(index.files[slide].path, scan_values=False)
+        if report.n_patches == 0:
+            empty.append(slide)
+        elif report.problems:
+            read_bag(index.files[slide].path, index.files[slide].fmt)  # raises with the file-specific fix
+            raise BadInputError(report.problems[0], index.files[slide].path)
+    if empty and on_empty == "error":
+        raise BadInputError(f"{len(empty)} bag(s) are empty (0 patches): {_eg(empty)}",
+                            index.files[empty[0]].path, EMPTY_FIX)
+    if empty:
+        warnings.warn(f"skipping {len(empty)} empty bag(s) (0 patches): {_eg(empty)}", stacklevel=3)
+    return set(empty)
+
+
+def _attach_bags(table: ClinicalTable, index: BagIndex, on_empty: str,
+                 on_missing_bag: str) -> dict[str, list[str]]:
+    """Case id -> slides with a usable bag; applies the ``on_empty``/``on_missing_bag`` rules."""
+    wanted = {s for ss in table.slides.values() for s in ss}
+    extra = sorted(set(index.files) - wanted)
+    if extra:
+        warnings.warn(f"{len(extra)} bag(s) have no clinical row and are ignored: {_eg(extra)}", stacklevel=3)
+    with_bag = {c: [s for s in ss if s in index.files] for c, ss in table.slides.items()}
+    missing = {c: [s for s in ss if s not in index.files] for c, ss in table.slides.items()}
+    missing = {c: ss for c, ss in missing.items() if ss}
+    if missing:
+        locked = {p.stem for p in index.locked} & {s for ss in missing.values() for s in ss}
+        note = f"; {len(locked)} of the missing bags are locked (still being written)" if locked else ""
+        case, slides = next(iter(missing.items()))
+        n_slides = sum(map(len, missing.values()))
+        msg = (f"{len(missing)} case(s) have no bag for {n_slides} of their slides, e.g. case {case!r} "
+               f"(slide {slides[0]!r}){note}")
+        if on_missing_bag == "error":
+            raise BadInputError(msg, index.folder or index.root,
+                                "Pass --on-missing-bag skip to drop them, or check that the slide ids match "
+                                "the bag file names")
+        gone = sum(1 for ss in with_bag.values() if not ss)
+        warnings.warn(f"{msg}; their missing slides are dropped ({gone} case(s) with no bag left)", stacklevel=3)
+    empty = _empty_slides(table, index, on_empty)
+    slides = {c: [s for s in ss if s not in empty] for c, ss in with_bag.items()}
+    dropped = [c for c, ss in slides.items() if not ss and with_bag[c]]
+    if dropped:
+        warnings.warn(f"{len(dropped)} case(s) dropped: all their bags are empty ({_eg(dropped)})", stacklevel=3)
+    slides = {c: ss for c, ss in slides.items() if ss}
+    if not slides:
+        raise BadInputError("no case of the clinical table has a usable bag", table.path,
+                            "Check that the slide ids match the bag file names in the features folder")
+    return slides
+
+
+def _match_genomics(genomics: PathLike | pd.DataFrame | None, table: ClinicalTable,
+                    case_col: str | None) -> pd.DataFrame | None:
+    if genomics is None:
+        return None
+    path = None if isinstance(genomics, pd.DataFrame) else Path(genomics)
+    frame = genomics if path is None else read_genomics(path, case_col)
+    frame = frame.copy()
+    frame.index = frame.index.astype(str)
+    known = frame.index.isin(table.cases.index)
+    if not known.any():
+        raise BadInputError(f"none of the {len(frame)} genomics case ids match a clinical case id (genomics: "
+                            f"{_eg(list(frame.index), 2)}; clinical: {_eg(list(table.cases.index), 2)})", path,
+                            "Probably the wrong id column: choose it with --genomics-case-col")
+    if not known.all():
+        unknown = list(frame.index[~known])
+        warnings.warn(f"{len(unknown)} genomics row(s) match no clinical case and are ignored: {_eg(unknown)}",
+                      stacklevel=3)
+    return frame[known]
+
+
+def load_cohort(features: PathLike | BagIndex, clinical: PathLike | ClinicalTable, task: str,
+                genomics: PathLike | pd.DataFrame | None = None, *, patch_encoder: str | None = None,
+                mag: float | None = None, patch_size: int | None = None, overlap: int | None = None,
+                on_empty: str = "error", on_missing_bag: str = "error", genomics_case_col: str | None = None,
+                class_names: Sequence[str] | None = None, cache_bytes: int = 2**30,
+                **clinical_kwargs: Any) -> Cohort:
+    """A :class:`Cohort` from a features folder (any layout :func:`find_bags` accepts) and tables.
+
+    ``clinical_kwargs`` go to :func:`read_clinical` (``case_col``, ``time_col``, ``event_col``, ...). A clinical
+    slide without a bag is an error (``on_missing_bag='skip'`` drops it), so is an empty bag (``on_empty='skip'``
+    drops it); bags without a clinical row and genomics rows without a case are ignored with a warning.
+    """
+    _choice("on_empty", on_empty, ON_EMPTY)
+    _choice("on_missing_bag", on_missing_bag, ON_MISSING_BAG)
+    index = features if isinstance(features, BagIndex) else find_bags(features, patch_encoder, mag, patch_size,
+                                                                      overlap)
+    table = clinical if isinstance(clinical, ClinicalTable) else read_clinical(clinical, task, **clinical_kwargs)
+    if table.task != task:
+        raise BadInputError(f"the clinical table was read for {table.task}, not {task}", table.path)
+    slides = _attach_bags(table, index, on_empty, on_missing_bag)
+    genomics_frame = _match_genomics(genomics, table, genomics_case_col)
+    bags = FileBagSource({s: index.files[s] for ss in slides.values() for s in ss}, cache_bytes)
+    return Cohort(table.cases.loc[list(slides)], slides, bags, task, genomics_frame, class_names)
+
+
+def load_clam_cohort(data_root_dir: PathLike, csv_path: PathLike, *, label_col: str = "label",
+                     genomics: PathLike | pd.DataFrame | None = None, **kwargs: Any) -> Cohort:
+    """A classification :class:`Cohort` from CLAM's ``--data_root_dir`` (``h5_files``/``pt_files``) and its
+    dataset CSV (``case_id,slide_id,label``); ``kwargs`` as for :func:`load_cohort`."""
+    table = read_clam_dataset_csv(csv_path, label_col)
+    return load_cohort(data_root_dir, table, CLASSIFICATION, genomics, **kwargs)

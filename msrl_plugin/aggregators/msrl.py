@@ -1,0 +1,300 @@
+"""MSRL: GSL pre-training, dual-branch EMA fine-tuning with a real-feature buffer, WSI-only inference.
+
+Variants and ablations (method.md §6) are subclasses that change one class attribute each.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..batching import BagBatch, CaseData, batches, collate
+from ..cohort import Cohort
+from ..errors import CheckpointError
+from ..nn.ema import ema_update, make_target
+from ..nn.gsl_pretrain import GSLPretrainModel
+from ..nn.losses import balanced_bce, info_nce
+from ..nn.msrl import MSRLNetwork
+from ..pretrain import PretrainSettings, pretrain_gsl
+from ..registry import register_aggregator
+from .abmil import AttentionMixin
+from .base import Aggregator
+
+
+@register_aggregator("msrl")
+class MSRLAggregator(AttentionMixin, Aggregator):
+    """MSRL: train with WSI + genomics, infer from the WSI by borrowing from a buffer of real cases.
+
+    Stage 1 (``pretrain_epochs`` > 0, on the training cases only, or ``pretrained`` = a checkpoint from
+    ``msrl-plugin pretrain``): GSL pre-training. Stage 2: online branch (phi_H + inductor -> graph
+    forward with the buffer -> head) and EMA target branch (real genomics), losses
+    L_f_align + L_g_align + L_s_align (weighted by ``align_weight``) + L_task; the buffer is initialised
+    with real training-case features and updated FIFO with target features. Defaults: method.md §11
+    ([P] paper, [S] SUBLIME, [D] default): k 10 [D], EMA 0.99 [D], buffer 256 [D], tau 0.2 [S/D],
+    fine-tuning Adam 1e-4 / wd 1e-5 / 30 epochs / batch 32 [D], embed_dim 256 [D; paper 768].
+    """
+
+    modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
+    graph = "learned"           # or a static kNN graph (ablations)
+    buffer_source = "target"    # "online" for the online-buffer ablation
+    use_pretraining = True      # False for the random-GSL ablation
+    uses_genomics = True
+
+    def __init__(self, embed_dim: int = 256, attn_dim: int | None = None, k: int = 10, learner_layers: int = 2,
+                 learner_activation: str = "tanh", gcn_dropout: float = 0.25, dropout: float = 0.25,
+                 snn_activation: str = "selu", buffer_size: int = 256, ema_momentum: float = 0.99,
+                 temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node",
+                 train_gene_encoder: bool = False,
+                 pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 128,
+                 maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
+                 anchor_tau: float = 0.999, anchor_init: str = "identity", pretrained: str | None = None,
+                 max_epochs: int = 30, lr: float = 1e-4, reg: float = 1e-5, batch_size: int = 32,
+                 max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
+                 weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
+        self.embed_dim = embed_dim
+        self.attn_dim = attn_dim
+        self.k = k
+        self.learner_layers = learner_layers
+        self.learner_activation = learner_activation
+        self.gcn_dropout = gcn_dropout
+        self.dropout = dropout
+        self.snn_activation = snn_activation
+        self.buffer_size = buffer_size
+        self.ema_momentum = ema_momentum
+        self.temperature = temperature
+        self.align_weight = align_weight
+        self.readout = readout
+        self.train_gene_encoder = train_gene_encoder
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_lr = pretrain_lr
+        self.pretrain_batch_size = pretrain_batch_size
+        self.maskfeat_rate_learner = maskfeat_rate_learner
+        self.maskfeat_rate_anchor = maskfeat_rate_anchor
+        self.dropedge = dropedge
+        self.anchor_tau = anchor_tau
+        self.anchor_init = anchor_init
+        self.pretrained = pretrained
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.reg = reg
+        self.batch_size = batch_size
+        self.max_patches = max_patches
+        self.n_bins = n_bins
+        self.alpha_surv = alpha_surv
+        self.weighted_sample = weighted_sample
+        self.seed = seed
+        self.device = device
+        self.verbose = verbose
+
+    # -- modules -------------------------------------------------------------------------------
+    def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> MSRLNetwork:
+        return MSRLNetwork(feature_dim, genomics_dim if self.modality == "fused" else 0, n_outputs,
+                           self.embed_dim, self.attn_dim, self.modality, self.graph, self.k, self.learner_layers,
+                           self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
+                           getattr(self, "buffer_rows_", self.buffer_size), self.readout)
+
+    def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
+        return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,
+                                self.attn_dim, self.modality, self.k, self.learner_layers,
+                                self.learner_activation, dropedge=self.dropedge, dropout=self.dropout,
+                                snn_activation=self.snn_activation)
+
+    def pretrain(self, data: CaseData, progress: bool | None = None) -> GSLPretrainModel:
+        """Stage 1 on ``data`` (training cases only); the result is kept in ``pretrain_history_``."""
+        model = self._pretrain_model(self.feature_dim_, len(self.genomics_columns_))
+        settings = PretrainSettings(self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size,
+                                    self.maskfeat_rate_learner, self.maskfeat_rate_anchor, self.anchor_tau,
+                                    self.anchor_init, self.temperature, self.max_patches)
+        show = self.verbose if progress is None else progress
+        self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show)
+        return model
+
+    def _load_pretrained(self) -> GSLPretrainModel:
+        from ..pretrain_io import read_pretrained
+
+        ckpt = read_pretrained(self.pretrained)
+        if ckpt["feature_dim"] != self.feature_dim_ or ckpt["genomics_columns"] != self.genomics_columns_:
+            raise CheckpointError("pre-trained model was trained on other features or genomic columns",
+                                  self.pretrained, "pre-train on the same feature and genomics tables")
+        model = self._pretrain_model(self.feature_dim_, len(self.genomics_columns_))
+        model.load_state_dict(ckpt["state_dict"])
+        self.pretrain_history_ = []
+        return model
+
+    @staticmethod
+    def _transfer(pre: GSLPretrainModel, net: MSRLNetwork, learned_graph: bool) -> None:
+        """Initialise the online modules from stage 1 (the inductor and head start at random) [P]."""
+        net.wsi_encoder.load_state_dict(pre.wsi_encoder.state_dict())
+        if net.gene_encoder is not None:
+            net.gene_encoder.load_state_dict(pre.gene_encoder.state_dict())
+        net.gcn.load_state_dict(pre.finetune_stack.gcn.state_dict())
+        if learned_graph:
+            net.graph_learner.load_state_dict(pre.finetune_stack.learner.state_dict())
+
+    # -- fit -----------------------------------------------------------------------------------
+    def _eligible(self, has_genomics: torch.Tensor) -> torch.Tensor:
+        """Cases that may enter the target branch and the buffer: those with real genomics."""
+        return has_genomics if self.modality == "fused" else torch.ones_like(has_genomics)
+
+    def fit(self, cohort: Cohort, progress: bool | None = None) -> MSRLAggregator:
+        data = self._prepare_fit(cohort)
+        device = self._device()
+        eligible = self._eligible(data.has_genomics).nonzero().squeeze(1)
+        self.buffer_rows_ = max(1, min(self.buffer_size, len(eligible)))
+        net = self._build_model(self.feature_dim_, len(self.genomics_columns_), self.task_.n_outputs).to(device)
+        if self.use_pretraining and (self.pretrained or self.pretrain_epochs > 0):
+            pre = self._load_pretrained() if self.pretrained else self.pretrain(data, progress)
+            self._transfer(pre, net, self.graph == "learned")
+        else:
+            self.pretrain_history_ = []
+        if net.gene_encoder is not None:
+            net.gene_encoder.requires_grad_(self.train_gene_encoder)
+        self._initialise_buffer(net, data, eligible)
+        target = make_target(net)
+        target.buffer = net.buffer        # one buffer, read by both branches
+        target.gene_encoder = net.gene_encoder  # phi_G has no EMA counterpart [D: frozen]
+        self.model_ = net
+        pending: dict[str, Any] = {}
+        self._train(net, data, lambda model, batch: self._step_loss(net, target, data, batch, pending),
+                    progress=progress, after_step=lambda batch: self._after_step(net, target, pending),
+                    params=[p for p in net.parameters() if p.requires_grad])
+        return self
+
+    @torch.no_grad()
+    def _initialise_buffer(self, net: MSRLNetwork, data: CaseData, eligible: torch.Tensor) -> None:
+        """Real features concat(phi_G(X_G), phi_H(X_I)) of (a random subset of) training cases [P]."""
+        device = self._device()
+        chosen = eligible[torch.randperm(len(eligible), generator=self._generator)][: self.buffer_rows_]
+        net.eval()
+        feats = []
+        for index in batches(chosen, 64):
+            batch = collate(data, index, self.max_patches, self._generator).to(device)
+            feats.append(net.real_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics))
+        net.buffer.initialise(torch.cat(feats), [data.case_ids[i] for i in chosen.tolist()])
+
+    def _step_loss(self, net: MSRLNetwork, target: MSRLNetwork, data: CaseData, batch: BagBatch,
+                   pending: dict[str, Any]) -> torch.Tensor:
+        ids = [data.case_ids[i] for i in batch.index.tolist()]
+        use_real = batch.has_genomics if self.genomics_at_test else None
+        h = net.encode_wsi(batch.x, batch.mask)
+        f = net.online_nodes(h, batch.genomics, use_real)
+        z, graph, mask = net.graph_forward(f, ids)
+        loss = self.task_.loss(net.head(net.readout_features(z, h)), batch.targets)
+        sub = self._eligible(batch.has_genomics).nonzero().squeeze(1)
+        pending.clear()
+        if len(sub) >= 2:
+            sub_ids = [ids[i] for i in sub.tolist()]
+            with torch.no_grad():
+                target.eval()
+                f_t = target.real_nodes(target.encode_wsi(batch.x[sub], batch.mask[sub]), batch.genomics[sub])
+                z_t, graph_t, _ = target.graph_forward(f_t, sub_ids)
+            l_f = info_nce(f[sub], f_t, self.temperature)
+            l_g = info_nce(z[sub], z_t, self.temperature)
+            # structure: each current node's row of the online dense similarity vs the target's edges
+            l_s = balanced_bce(graph.similarity[sub, 0], graph_t.adj[:, 0], valid=mask[sub, 0])
+            loss = loss + self.align_weight * (l_f + l_g + l_s)
+            pending["features"] = (f_t if self.buffer_source == "target" else f[sub]).detach()
+            pending["ids"] = sub_ids
+        return loss
+
+    def _after_step(self, net: MSRLNetwork, target: MSRLNetwork, pending: dict[str, Any]) -> None:
+        for name in net.target_modules():
+            ema_update(getattr(target, name), getattr(net, name), self.ema_momentum)
+        if pending:
+            net.buffer.enqueue(pending["features"], pending["ids"])
+
+    # -- inference -----------------------------------------------------------------------------
+    def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
+        use_real = batch.has_genomics if self.genomics_at_test else None
+        ids = [self._predict_ids[i] for i in batch.index.tolist()] if self._predict_ids else None
+        return model(batch.x, batch.mask, batch.genomics, use_real, ids)
+
+    _predict_ids: list[str] | None = None
+
+    def predict_logits(self, data: CaseData, batch_size: int | None = None) -> torch.Tensor:
+        self._predict_ids = data.case_ids  # a case never reads its own buffer row
+        try:
+            return super().predict_logits(data, batch_size)
+        finally:
+            self._predict_ids = None
+
+    @torch.no_grad()
+    def buffer_neighbours(self, cohort: Cohort, top: int = 5) -> pd.DataFrame:
+        """Per case, the buffer (training) cases it borrowed from: ids and edge weights, strongest first."""
+        data = self._case_data(cohort)
+        net = self.model_.eval()
+        _, buffer_ids, _ = net.buffer.snapshot()
+        rows = []
+        for index in batches(torch.arange(len(data)), self.batch_size):
+            batch = collate(data, index).to(self._device())
+            ids = [data.case_ids[i] for i in index.tolist()]
+            use_real = batch.has_genomics if self.genomics_at_test else None
+            f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
+            _, graph, _ = net.graph_forward(f, ids)
+            weights = graph.adj[:, 0, 1:].cpu()
+            for case_id, row in zip(ids, weights):
+                order = torch.argsort(row, descending=True)[:top]
+                rows += [{"case_id": case_id, "rank": r, "neighbour_case_id": buffer_ids[j],
+                          "edge_weight": float(row[j])} for r, j in enumerate(order.tolist()) if row[j] > 0]
+        return pd.DataFrame(rows, columns=["case_id", "rank", "neighbour_case_id", "edge_weight"])
+
+    def _attention_pool(self) -> nn.Module:
+        return self.model_.wsi_encoder
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"buffer_rows": int(self.buffer_rows_)}
+
+    def _set_extra_state(self, extra: dict[str, Any]) -> None:
+        self.buffer_rows_ = int(extra["buffer_rows"])
+
+    def buffer_case_ids(self) -> list[str]:
+        _, ids, valid = self.model_.buffer.snapshot()
+        return [i for i, v in zip(ids, valid.tolist()) if v]
+
+
+@register_aggregator("msrl_h")
+class MSRLHAggregator(MSRLAggregator):
+    """MSRL_H: pure WSI (no genomics anywhere); nodes = h, buffer of training-case h [P variant]."""
+
+    modality = "wsi"
+    uses_genomics = False
+
+
+@register_aggregator("msrl_multi")
+class MSRLMultiAggregator(MSRLAggregator):
+    """MSRL_multi: real genomics for the current case when available, at training and test [P variant]."""
+
+    genomics_at_test = True
+
+
+@register_aggregator("msrl_knn_euclidean")
+class MSRLKNNEuclidean(MSRLAggregator):
+    """Ablation: static Euclidean kNN graph instead of the learned graph (same k and normalisation) [P]."""
+
+    graph = "knn_euclidean"
+
+
+@register_aggregator("msrl_knn_cosine")
+class MSRLKNNCosine(MSRLAggregator):
+    """Ablation: static cosine kNN graph instead of the learned graph (same k and normalisation) [P]."""
+
+    graph = "knn_cosine"
+
+
+@register_aggregator("msrl_random_gsl")
+class MSRLRandomGSL(MSRLAggregator):
+    """Ablation: no GSL pre-training; learner at w = 1, encoders and GCN at random init [P]."""
+
+    use_pretraining = False
+
+
+@register_aggregator("msrl_online_buffer")
+class MSRLOnlineBuffer(MSRLAggregator):
+    """Ablation: the buffer is fed by online features (the inductor's placeholder genomics) [P]."""
+
+    buffer_source = "online"
+
+
+

@@ -1,0 +1,37 @@
+"""Save and read stage-1 (GSL pre-training) checkpoints: tensors and plain values only."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_path
+from .errors import CheckpointError
+
+PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"
+
+
+def save_pretrained(path: str | Path, model: torch.nn.Module, feature_dim: int, genomics_columns: list[str],
+                    case_ids: list[str], params: dict[str, Any], history: list[dict[str, float]]) -> Path:
+    payload = {"format": PRETRAIN_FORMAT, "version": 1, "feature_dim": int(feature_dim),
+               "genomics_columns": list(genomics_columns), "case_ids": list(case_ids),
+               "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))},
+               "history": [{k: float(v) for k, v in h.items()} for h in history],
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_pretrained(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("pre-trained GSL checkpoint not found", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError("not a safe pre-trained checkpoint (refused to unpickle it)", path) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != PRETRAIN_FORMAT:
+        raise CheckpointError("not a pre-trained GSL checkpoint", path, "pass a file written by msrl-plugin pretrain")
+    return ckpt

@@ -1,0 +1,310 @@
+"""One ``(CohortConfig, seed)`` -> one semi-synthetic multimodal cohort, in memory (``shared/benchmark.md``).
+
+Genomic state U (16 unit-variance PCA scores of real or Gaussian rows) drives both the outcome and the WSI:
+
+- teacher: ``eta = beta_v . U[:, :k_vis] + w_hidden * beta_h . U[:, k_vis:k_vis+4]``, scaled to sd 0.8;
+  ``T ~ Weibull(shape, scale e^-eta)`` (exponential by default), so a higher eta is a higher risk;
+- WSI latent ``z = sqrt(rho) U[:, :k_vis] + sqrt(1 - rho) noise``; each bag is a mixture of morphotypes
+  ``softmax(W h(z) + b + nuisance)`` plus a ``B h(z)`` shift on the "needle" patches, a site shift, noise,
+  lifted to D by a fixed projection. Bag size, coords, site and missing genomics are drawn independently
+  of U, so at rho = 0 the WSI carries no outcome information.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MSRLPluginError
+from .config import N_COMPONENTS, N_HIDDEN, CohortConfig
+from .genomics import (
+    gaussian_rows,
+    gaussian_surrogate,
+    genomics_features,
+    load_pool,
+    principal_components,
+    standardise,
+)
+
+ETA_SD = 0.8
+PATCH_LEVEL0 = 512  # 256 px at 20x on a 40x slide
+_LATENT_DIM = 32  # patch latent before the lift to feature_dim
+_NUISANCE_SD = 1.0  # case-level morphotype variation unrelated to the genomic state
+
+
+@dataclass
+class CohortTruth:
+    """What the generator knows and a model must not see (indexed by case_id)."""
+
+    components: pd.DataFrame  # U, (n, 16)
+    latent: pd.DataFrame  # z, (n, k_vis) WSI latent before the nonlinearity
+    eta: pd.Series | None = None  # teacher log-hazard (risk); None for a real outcome
+    eta_wsi: pd.Series | None = None  # E[eta | WSI latent]: the best any WSI-only model can rank by
+    oracle_cindex: float | None = None  # c-index of eta (AUC for classification)
+    wsi_oracle_cindex: float | None = None  # c-index of eta_wsi (AUC for classification)
+
+
+@dataclass
+class SynthCohort:
+    """A generated cohort in memory; :func:`~msrl_plugin.synth.writer.write_cohort` puts it on disk.
+
+    ``cases``: one row per case: ``case_id, slide_id, survival_months, censorship`` (1 = censored)
+    or ``case_id, slide_id, label``, then ``site``. ``genomics``: float32 frame indexed by case_id
+    (rows of missing-genomics cases dropped). ``bags``: slide_id -> (features ``(N, D) float32``,
+    coords ``(N, 2) int64``, level-0 top-left x, y). ``folds``: (train case_ids, test case_ids).
+    """
+
+    config: CohortConfig
+    seed: int
+    cases: pd.DataFrame
+    genomics: pd.DataFrame
+    bags: dict[str, tuple[np.ndarray, np.ndarray]]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    truth: CohortTruth
+    slide_dims: dict[str, tuple[int, int]] = field(default_factory=dict)  # level-0 (width, height)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.cases["case_id"].tolist()
+
+    def to_cohort(self):
+        """This cohort as a :class:`msrl_plugin.cohort.Cohort` over in-memory bags (no files)."""
+        from ..cohort import Cohort, InMemoryBags
+
+        table = self.cases.set_index("case_id")
+        if self.config.task == "survival":
+            table = table.rename(columns={"survival_months": "time"})
+        slides = {c: [s] for c, s in zip(table.index, table["slide_id"])}
+        bags = InMemoryBags({s: f for s, (f, _) in self.bags.items()},
+                            {s: c for s, (_, c) in self.bags.items()})
+        return Cohort(table.drop(columns="slide_id"), slides, bags, self.config.task, self.genomics)
+
+    def __repr__(self) -> str:
+        return (f"SynthCohort(seed={self.seed}, cases={len(self.cases)}, task={self.config.task}, "
+                f"D={self.config.feature_dim}, genomics={self.genomics.shape}, folds={len(self.folds)})")
+
+
+def _rng(seed: int, stream: str) -> np.random.Generator:
+    """An independent, named random stream: changing one part of the generator leaves the others alone."""
+    return np.random.default_rng([int(seed), zlib.crc32(stream.encode())])
+
+
+def generate_cohort(config: CohortConfig, seed: int = 0) -> SynthCohort:
+    """Generate the cohort of ``(config, seed)``; the same pair always gives identical arrays."""
+    cfg = config.validate()
+    n = cfg.n_cases
+    if seed < 0:
+        raise MSRLPluginError(f"seed={seed} must be >= 0")
+
+    values, gene_names, study, real = _genomic_rows(cfg, seed)
+    values, keep = standardise(values, study)
+    gene_names = [g for g, k in zip(gene_names, keep) if k]
+    U = principal_components(values, N_COMPONENTS)
+    width = max(4, len(str(n - 1)))
+    case_ids = np.array([f"SYN-{i:0{width}d}" for i in range(n)], dtype=object)
+    slide_ids = np.array([f"{c}-DX1" for c in case_ids], dtype=object)
+
+    if study is not None and cfg.real_sites:
+        site = np.asarray(study, dtype=object)
+    else:  # balanced and independent of everything else
+        site = np.array([f"site_{k}" for k in _rng(seed, "sites").permutation(np.arange(n) % cfg.n_sites)],
+                        dtype=object)
+
+    cases = pd.DataFrame({"case_id": case_ids, "slide_id": slide_ids})
+    eta, eta_scale, beta_v = None, 0.0, None
+    if cfg.outcome == "teacher":
+        eta, eta_scale, beta_v = _teacher(U, cfg, _rng(seed, "teacher"))
+        if cfg.task == "survival":
+            time, event = _survival_times(eta, cfg, _rng(seed, "times"))
+            cases["survival_months"], cases["censorship"] = time, 1 - event
+        else:
+            cases["label"] = (eta > np.median(eta)).astype(np.int64)
+    elif cfg.task == "survival":
+        cases["survival_months"], cases["censorship"] = real["time"], 1 - real["event"]
+    else:
+        cases["label"] = real["er"]
+    cases["site"] = site
+
+    world = _rng(seed, "world")
+    z = np.sqrt(cfg.rho) * U[:, :cfg.k_vis] + np.sqrt(1 - cfg.rho) * _rng(seed, "latent").standard_normal(
+        (n, cfg.k_vis))
+    h, cluster = _nonlinearity(z, cfg, world)
+    bags, dims = _bags(h, site, slide_ids, cfg, world, _rng(seed, "bags"))
+
+    genomics = genomics_features(values, gene_names, cfg.genomics_form, cfg.d_g, _rng(seed, "form"))
+    genomics.index = pd.Index(case_ids, name="case_id")
+    n_missing = round(cfg.missing_genomics_rate * n)
+    if n_missing:
+        gone = _rng(seed, "missing").choice(n, n_missing, replace=False)
+        genomics = genomics.drop(index=case_ids[np.sort(gone)])
+
+    folds = _folds(cases, cfg, _rng(seed, "folds"))
+    truth = CohortTruth(
+        components=pd.DataFrame(U, index=pd.Index(case_ids, name="case_id"),
+                                columns=[f"U{j}" for j in range(N_COMPONENTS)]),
+        latent=pd.DataFrame(z, index=pd.Index(case_ids, name="case_id"),
+                            columns=[f"z{j}" for j in range(cfg.k_vis)]))
+    if eta is not None:
+        # E[U_vis | z] = sqrt(rho) z and E[U_hidden | z] = 0, so E[eta | z] = scale sqrt(rho) beta_v . z
+        eta_wsi = eta_scale * np.sqrt(cfg.rho) * (z @ beta_v)
+        if cluster is not None:  # the WSI only sees the cluster: E[eta | cluster]
+            eta_wsi = pd.Series(eta_wsi).groupby(cluster).transform("mean").to_numpy()
+        truth.eta = pd.Series(eta, index=truth.components.index, name="eta")
+        truth.eta_wsi = pd.Series(eta_wsi, index=truth.components.index, name="eta_wsi")
+        truth.oracle_cindex = _score(cases, eta, cfg.task)
+        truth.wsi_oracle_cindex = _score(cases, eta_wsi, cfg.task)
+    return SynthCohort(cfg, int(seed), cases, genomics, bags, folds, truth, dims)
+
+
+# -- pieces ------------------------------------------------------------------------------------
+def _genomic_rows(cfg: CohortConfig, seed: int):
+    """Rows ``(n, p)``, gene names, study labels (or None) and the real outcome of the chosen rows."""
+    n, rng = cfg.n_cases, _rng(seed, "genomics")
+    if cfg.genomics_source == "gaussian":
+        values = gaussian_rows(n, cfg.n_genes, rng)
+        return values, [f"gene_{j:04d}" for j in range(cfg.n_genes)], None, {}
+    pool = load_pool(cfg.genomics_source)
+    rows = np.arange(len(pool))
+    if cfg.outcome == "real" and cfg.task == "classification":
+        rows = rows[pool.er >= 0]
+        if len(rows) == 0:
+            raise MSRLPluginError(f"{pool.name} has no ER status for a real classification label", None,
+                                  "use outcome='teacher', or a source with ER (gse1992, gse4335, nki70, "
+                                  "sksurv_breast)")
+    if cfg.genomics_distribution == "gaussian_surrogate":
+        return gaussian_surrogate(pool.genes, n, rng), pool.gene_names, None, {}
+    if n > len(rows):
+        raise MSRLPluginError(
+            f"{pool.name} has {len(rows)} usable rows but n_cases={n}", None,
+            f"set n_cases <= {len(rows)} (real rows are never repeated) or use "
+            "genomics_distribution='gaussian_surrogate'")
+    pick = rng.permutation(rows)[:n]  # random order: no case-id leaks the source's row order
+    real = {"time": pool.time_months[pick], "event": pool.event[pick], "er": pool.er[pick]}
+    study = None if pool.study is None else pool.study[pick]
+    return pool.genes[pick], pool.gene_names, study, real
+
+
+def _teacher(U: np.ndarray, cfg: CohortConfig, rng: np.random.Generator):
+    beta_v = rng.standard_normal(cfg.k_vis)
+    beta_v /= np.linalg.norm(beta_v)
+    beta_h = rng.standard_normal(N_HIDDEN)
+    beta_h /= np.linalg.norm(beta_h)
+    raw = U[:, :cfg.k_vis] @ beta_v + cfg.w_hidden * (U[:, cfg.k_vis:cfg.k_vis + N_HIDDEN] @ beta_h)
+    scale = ETA_SD / raw.std(ddof=1)
+    return raw * scale, scale, beta_v
+
+
+def _survival_times(eta: np.ndarray, cfg: CohortConfig, rng: np.random.Generator):
+    """Event times (months) with S(t | eta) = exp(-(t / lam)^k e^eta), censored to the target rate."""
+    k = cfg.weibull_shape
+    lam = cfg.baseline_median_months / np.log(2.0) ** (1.0 / k)
+    t_event = lam * (rng.exponential(size=len(eta)) * np.exp(-eta)) ** (1.0 / k)
+    draws = rng.random(len(eta)) if cfg.censoring_model == "uniform" else rng.exponential(size=len(eta))
+    if cfg.censoring_rate > 0:
+        # censoring time = c * draw: the censored fraction falls as c grows; bisect log(c)
+        lo, hi = np.log(t_event.min()) - 20.0, np.log(t_event.max()) + 20.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if np.mean(np.exp(mid) * draws < t_event) > cfg.censoring_rate:
+                lo = mid
+            else:
+                hi = mid
+        t_cens = np.exp(hi) * draws
+    else:
+        t_cens = np.full(len(eta), np.inf)
+    event = (t_event <= t_cens).astype(np.int64)
+    time = np.maximum(np.minimum(t_event, t_cens), 1.0 / 30.4375)  # at least one day
+    return time, event
+
+
+def _nonlinearity(z: np.ndarray, cfg: CohortConfig, world: np.random.Generator):
+    """h(z) the bag generator sees, and cluster ids for 'cluster' (else None)."""
+    centres = world.standard_normal((cfg.n_morphotypes, cfg.k_vis))
+    if cfg.nonlinearity == "tanh":
+        return np.tanh(1.5 * z), None
+    if cfg.nonlinearity == "cluster":
+        cluster = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(axis=1)
+        return centres[cluster], cluster
+    return z, None
+
+
+def _bags(h, site, slide_ids, cfg: CohortConfig, world: np.random.Generator, rng: np.random.Generator):
+    """slide_id -> (features (N, D) float32, coords (N, 2) int64), and level-0 slide sizes."""
+    L, D, M = min(_LATENT_DIM, cfg.feature_dim), cfg.feature_dim, cfg.n_morphotypes
+    prototypes = world.standard_normal((M, L))
+    W = world.standard_normal((M, h.shape[1]))
+    b = world.normal(0.0, 0.5, M)
+    B = world.standard_normal((L, h.shape[1])) * cfg.shift_scale / np.sqrt(h.shape[1])
+    marker = world.standard_normal(L)  # needle patches look different (like tumour among stroma)
+    lift = world.standard_normal((L, D)) / np.sqrt(L)
+    site_names = sorted(set(site))
+    site_shift = world.standard_normal((len(site_names), L)) * cfg.sigma_site
+    site_index = {s: i for i, s in enumerate(site_names)}
+
+    bags, dims = {}, {}
+    for i, slide in enumerate(slide_ids):
+        n = int(rng.integers(cfg.bag_min, cfg.bag_max + 1))
+        nuisance = rng.standard_normal(M) * _NUISANCE_SD
+        n_needle = n if cfg.f_needle >= 1.0 else max(1, round(cfg.f_needle * n))
+        needle = np.zeros(n, dtype=bool)
+        needle[rng.permutation(n)[:n_needle]] = True
+        u = rng.random(n)
+        m_signal = np.searchsorted(np.cumsum(_softmax(W @ h[i] + b + nuisance)), u * (1 - 1e-12))
+        m_background = np.searchsorted(np.cumsum(_softmax(b + nuisance)), u * (1 - 1e-12))
+        morph = np.where(needle, m_signal, m_background).clip(0, M - 1)
+        latent = prototypes[morph] + site_shift[site_index[site[i]]] + cfg.case_noise * rng.standard_normal(L)
+        latent[needle] += B @ h[i] + marker
+        feats = latent @ lift + cfg.sigma_p * rng.standard_normal((n, D))
+        coords, dims[slide] = _grid_coords(n, rng)
+        bags[slide] = (feats.astype(np.float32), coords)
+    return bags, dims
+
+
+def _grid_coords(n: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
+    """Row-major (y outer, x inner) level-0 top-left corners on a 512-px grid inside a tissue rectangle."""
+    side = int(np.ceil(np.sqrt(n)))
+    cols = int(rng.integers(side, 2 * side + 1))
+    rows = int(np.ceil(np.ceil(1.3 * n) / cols))
+    cells = np.sort(rng.choice(rows * cols, n, replace=False))  # ~23% background holes
+    r, c = np.divmod(cells, cols)
+    x0, y0 = (int(v) for v in rng.integers(0, 16384, 2))
+    coords = np.stack([x0 + c * PATCH_LEVEL0, y0 + r * PATCH_LEVEL0], axis=1).astype(np.int64)
+    width = x0 + cols * PATCH_LEVEL0 + int(rng.integers(512, 4096))
+    height = y0 + rows * PATCH_LEVEL0 + int(rng.integers(512, 4096))
+    return coords, (width, height)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _folds(cases: pd.DataFrame, cfg: CohortConfig, rng: np.random.Generator):
+    ids = cases["case_id"].to_numpy()
+    if cfg.site_held_out:
+        sites = sorted(cases["site"].unique())
+        if len(sites) < 2:
+            raise MSRLPluginError("site-held-out folds need at least 2 sites", None,
+                                  "set n_sites >= 2 or site_held_out=False")
+        return [(ids[(cases["site"] != s).to_numpy()], ids[(cases["site"] == s).to_numpy()]) for s in sites]
+    from sklearn.model_selection import StratifiedKFold
+
+    strata = 1 - cases["censorship"].to_numpy() if cfg.task == "survival" else cases["label"].to_numpy()
+    if np.bincount(strata).min() < cfg.k_folds:  # too few of a class to stratify: plain shuffled folds
+        strata = np.zeros_like(strata)
+    splitter = StratifiedKFold(cfg.k_folds, shuffle=True, random_state=int(rng.integers(2**31 - 1)))
+    return [(ids[tr], ids[te]) for tr, te in splitter.split(ids, strata)]
+
+
+def _score(cases: pd.DataFrame, risk: np.ndarray, task: str) -> float:
+    """Harrell's c-index of a risk (higher = earlier event); AUC (the binary c-index) for classification."""
+    if task == "classification":
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(cases["label"], risk))
+    from lifelines.utils import concordance_index
+
+    return float(concordance_index(cases["survival_months"], -np.asarray(risk),
+                                   1 - cases["censorship"].to_numpy()))
