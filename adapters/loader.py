@@ -14,7 +14,7 @@ from ..errors import BadInputError
 from .bags import EMPTY_FIX, FileBagSource, inspect_bag, read_bag
 from .clam import read_clam_dataset_csv
 from .layouts import BagIndex, find_bags
-from .tables import ClinicalTable, read_clinical, read_genomics
+from .tables import ClinicalTable, read_clinical, read_genomics, read_table, strip_slide_extension
 
 ON_EMPTY = ("error", "skip")
 ON_MISSING_BAG = ("error", "skip")
@@ -136,3 +136,30 @@ def load_clam_cohort(data_root_dir: PathLike, csv_path: PathLike, *, label_col: 
     dataset CSV (``case_id,slide_id,label``); ``kwargs`` as for :func:`load_cohort`."""
     table = read_clam_dataset_csv(csv_path, label_col)
     return load_cohort(data_root_dir, table, CLASSIFICATION, genomics, **kwargs)
+
+
+def load_unlabelled_cohort(features: PathLike, task: str, clinical: PathLike | None = None,
+                           genomics: PathLike | None = None, *, patch_encoder: str | None = None,
+                           case_col: str = "case_id", slide_col: str = "slide_id", on_empty: str = "error",
+                           cache_bytes: int = 2**30) -> Cohort:
+    """A cohort to *predict*: no targets needed. Without a clinical table every bag is its own case;
+    with one, only its ``case_id``/``slide_id`` columns are read (several slides of a case are concatenated).
+    """
+    index = find_bags(features, patch_encoder)
+    if clinical is None:
+        slides = {s: [s] for s in sorted(index.files)}
+    else:
+        frame = read_table(clinical)
+        if case_col not in frame:
+            raise BadInputError(f"no {case_col!r} column (columns: {', '.join(map(str, frame.columns))})",
+                                clinical, "choose the case id column with --case-col")
+        slide_ids = (frame[slide_col] if slide_col in frame else frame[case_col]).astype(str)
+        slides = {}
+        for case_id, slide in zip(frame[case_col].astype(str), slide_ids.map(strip_slide_extension)):
+            slides.setdefault(case_id, []).append(slide)
+    table = ClinicalTable(pd.DataFrame(index=pd.Index(list(slides), name="case_id")), slides, task,
+                          None if clinical is None else Path(clinical))
+    attached = _attach_bags(table, index, on_empty, "error")
+    genomics_frame = _match_genomics(genomics, table, None)
+    bags = FileBagSource({s: index.files[s] for ss in attached.values() for s in ss}, cache_bytes)
+    return Cohort(table.cases.loc[list(attached)], attached, bags, task, genomics_frame, labelled=False)

@@ -32,6 +32,12 @@ def cohort_options(fn):
                      show_default=True),
         click.option("--patch-encoder", "--patch_encoder", "patch_encoder",
                      help="TRIDENT patch encoder name (picks features_<enc>/ in a job dir)."),
+        click.option("--mag", type=float, help="TRIDENT magnification (picks <mag>x_... in a job dir)."),
+        click.option("--patch-size", type=int, help="TRIDENT patch size (picks ..._<ps>px_...)."),
+        click.option("--overlap", type=int, help="TRIDENT overlap (picks ..._<ov>px_overlap)."),
+        click.option("--case-col", default="case_id", show_default=True),
+        click.option("--slide-col", default="slide_id", show_default=True),
+        click.option("--genomics-case-col", default=None, help="Case id column of the genomic table."),
         click.option("--time-col", default="survival_months", show_default=True),
         click.option("--censorship-col", default="censorship", show_default=True,
                      help="1 = censored (SurvPath/MCAT convention)."),
@@ -115,10 +121,14 @@ def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def load_cohort_from_flags(kw: dict[str, Any]):
     from .adapters.loader import load_cohort
 
+    if kw["clinical"] is None:
+        raise MSRLPluginError("--clinical is required: a table of case_id, slide_id and the targets")
     return load_cohort(kw["features"], kw["clinical"], kw["task"], kw.get("genomics"),
-                       patch_encoder=kw.get("patch_encoder"), on_empty=kw["on_empty"],
-                       on_missing_bag=kw["on_missing_bag"], time_col=kw["time_col"],
-                       censorship_col=kw["censorship_col"], event_col=kw["event_col"], label_col=kw["label_col"])
+                       patch_encoder=kw.get("patch_encoder"), mag=kw["mag"], patch_size=kw["patch_size"],
+                       overlap=kw["overlap"], on_empty=kw["on_empty"], on_missing_bag=kw["on_missing_bag"],
+                       genomics_case_col=kw["genomics_case_col"], case_col=kw["case_col"],
+                       slide_col=kw["slide_col"], time_col=kw["time_col"], censorship_col=kw["censorship_col"],
+                       event_col=kw["event_col"], label_col=kw["label_col"])
 
 
 def echo(msg: str = "") -> None:
@@ -203,7 +213,8 @@ def predict(**kw):
 
     model = Aggregator.load(kw["model_path"], device=kw["device"])
     cohort = load_unlabelled_cohort(kw["features"], model.task_.name, kw["clinical"], kw["genomics"],
-                                    patch_encoder=kw["patch_encoder"])
+                                    patch_encoder=kw["patch_encoder"], case_col=kw["case_col"],
+                                    slide_col=kw["slide_col"], on_empty=kw["on_empty"])
     predictions = model.predict(cohort)
     write_csv(kw["out"], predictions, index=True)
     echo(f"{len(predictions)} predictions -> {kw['out']}")
@@ -230,6 +241,35 @@ def evaluate(**kw):
         write_csv(kw["out"], predictions, index=True)
     for name, value in metrics.items():
         click.echo(f"{name}\t{value:.4f}")
+
+
+@cli.command()
+@cohort_options
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gsl_pretrained.pt"), show_default=True)
+@with_config
+def pretrain(**kw):
+    """Stage 1 of MSRL: self-supervised graph-structure pre-training on a (training) cohort.
+
+    Use the result with `train --model msrl --param pretrained=FILE`. Pre-train only on cases that are
+    not in your evaluation's test folds (train's default pre-trains inside each fold instead).
+    """
+    from .pretrain_io import save_pretrained
+
+    if not kw["model"].startswith("msrl"):
+        raise MSRLPluginError(f"pretrain is for the MSRL models, not {kw['model']!r}", fix="pass --model msrl")
+    params = model_params(kw["model"], kw)
+    cohort = load_cohort_from_flags(kw)
+    echo(f"{cohort}")
+    from .registry import create_aggregator
+
+    model = create_aggregator(kw["model"], **params)
+    data = model._prepare_fit(cohort)
+    pre = model.pretrain(data, progress=not click.get_current_context().find_root().obj["quiet"])
+    path = save_pretrained(kw["out"], pre, model.feature_dim_, model.genomics_columns_, cohort.case_ids,
+                           model.get_params(), model.pretrain_history_)
+    first, last = model.pretrain_history_[0]["loss"], model.pretrain_history_[-1]["loss"]
+    click.echo(f"L_gsl {first:.4f} -> {last:.4f} over {len(model.pretrain_history_)} epochs; saved {path}")
 
 
 @cli.command("list-models")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_path
+from .aggregators.base import cpu_state
 from .errors import CheckpointError
 
 PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"
@@ -18,7 +19,7 @@ def save_pretrained(path: str | Path, model: torch.nn.Module, feature_dim: int, 
                "genomics_columns": list(genomics_columns), "case_ids": list(case_ids),
                "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))},
                "history": [{k: float(v) for k, v in h.items()} for h in history],
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "state_dict": cpu_state(model)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)

@@ -169,7 +169,7 @@ class Aggregator(BaseEstimator):
             "feature_dim": int(self.feature_dim_), "genomics_columns": list(self.genomics_columns_),
             "genomics_mean": torch.from_numpy(self.scaler_.mean), "genomics_std": torch.from_numpy(self.scaler_.std),
             "training_case_ids": list(self.training_case_ids_),
-            "state_dict": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
+            "state_dict": cpu_state(self.model_),
             "extra": self._extra_state(),
         }
 
@@ -227,3 +227,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint version {ckpt['version']} is newer than this msrl-plugin", path,
                               "upgrade msrl-plugin")
     return ckpt
+
+
+def cpu_state(module: nn.Module) -> dict[str, Any]:
+    """A state_dict on the CPU (non-tensor extra state, e.g. the buffer's case ids, kept as is)."""
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.state_dict().items()}
