@@ -21,6 +21,7 @@ from msrl_plugin.errors import MSRLPluginError
 CLAM_COLUMNS = {"survival": ["test_cindex", "val_cindex"],
                 "classification": ["test_auc", "val_auc", "test_acc", "val_acc"]}
 _RENAME = {"c_index": "cindex", "accuracy": "acc"}
+IGNORED_ON_RESUME = {"resume", "quiet", "device"}
 
 
 def clam_metric_name(name: str) -> str:
@@ -29,9 +30,16 @@ def clam_metric_name(name: str) -> str:
 
 
 class ResultsFolder:
-    def __init__(self, results_dir: str | Path, exp_code: str, seed: int, cohort=None):
+    """``resume=False`` refuses a folder that already holds results (never overwrite a user's results);
+    ``resume=True`` keeps finished folds and continues an interrupted fold from its training state."""
+
+    def __init__(self, results_dir: str | Path, exp_code: str, seed: int, cohort=None, resume: bool = False):
         self.path = Path(results_dir) / f"{exp_code}_s{seed}"
         self.cohort = cohort
+        self.resume = resume
+        if not resume and self.path.is_dir() and any(self.path.iterdir()):
+            raise MSRLPluginError("results folder already holds results", self.path,
+                                  "pass --resume to continue that run, or choose another --exp-code/--results-dir")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write_probe"
@@ -44,11 +52,24 @@ class ResultsFolder:
     def checkpoint_path(self, k: int) -> Path:
         return self.path / f"s_{k}_checkpoint.pt"
 
+    def training_state_path(self, fold) -> Path:
+        return self.path / f"s_{fold.k}_training_state.pt"
+
     def predictions_path(self, k: int) -> Path:
         return self.path / f"split_{k}_results.csv"
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_json(self.path / "config.json", config)
+        """Record the resolved config; on resume it must match the recorded one (other settings = other run)."""
+        path = self.path / "config.json"
+        current = json.loads(json.dumps(config, default=str))
+        if path.is_file():
+            previous = json.loads(path.read_text())
+            changed = sorted(k for k in set(previous) | set(current)
+                             if k not in IGNORED_ON_RESUME and previous.get(k) != current.get(k))
+            if changed:
+                raise MSRLPluginError(f"cannot resume: settings differ from the recorded run ({', '.join(changed)})",
+                                      path, "resume with the same flags, or start a new --exp-code")
+        write_json(path, current)
         lines = [f"{k}: {json.dumps(v, default=str)}" for k, v in sorted(config.items())]
         write_text(self.path / f"experiment_{self.path.name}.txt", "\n".join(lines) + "\n")
 

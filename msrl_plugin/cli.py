@@ -20,7 +20,7 @@ from .errors import MSRLPluginError
 # -- shared option bundles ------------------------------------------------------------------------
 def cohort_options(fn):
     opts = [
-        click.option("--features", "--data_root_dir", "--data-root-dir", "features", required=True,
+        click.option("--features", "--data_root_dir", "--data-root-dir", "features",
                      type=click.Path(path_type=Path),
                      help="TRIDENT job dir or features_<enc>/ folder, CLAM feature dir (h5_files/, pt_files/), "
                           "or a folder of .h5/.pt bags."),
@@ -121,14 +121,20 @@ def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def load_cohort_from_flags(kw: dict[str, Any]):
     from .adapters.loader import load_cohort
 
-    if kw["clinical"] is None:
-        raise MSRLPluginError("--clinical is required: a table of case_id, slide_id and the targets")
+    require(kw, "features", "clinical")
     return load_cohort(kw["features"], kw["clinical"], kw["task"], kw.get("genomics"),
                        patch_encoder=kw.get("patch_encoder"), mag=kw["mag"], patch_size=kw["patch_size"],
                        overlap=kw["overlap"], on_empty=kw["on_empty"], on_missing_bag=kw["on_missing_bag"],
                        genomics_case_col=kw["genomics_case_col"], case_col=kw["case_col"],
                        slide_col=kw["slide_col"], time_col=kw["time_col"], censorship_col=kw["censorship_col"],
                        event_col=kw["event_col"], label_col=kw["label_col"])
+
+
+def require(kw: dict[str, Any], *names: str) -> None:
+    """Flags that must come from the command line or the --config file."""
+    missing = [f"--{n.replace('_', '-')}" for n in names if kw.get(n) is None]
+    if missing:
+        raise MSRLPluginError(f"missing {', '.join(missing)} (give it as a flag or in --config)")
 
 
 def echo(msg: str = "") -> None:
@@ -158,6 +164,7 @@ def cli(ctx, debug, quiet):
 @click.option("--results-dir", "--results_dir", "results_dir", type=click.Path(path_type=Path),
               default=Path("results"), show_default=True)
 @click.option("--exp-code", "--exp_code", "exp_code", default=None, help="Experiment name (default: the model).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in the same results folder.")
 @with_config
 def train(**kw):
     """Cross-validate a model and write a CLAM-style results folder."""
@@ -172,7 +179,7 @@ def train(**kw):
     start = max(kw["k_start"], 0)
     end = len(folds) if kw["k_end"] < 0 else kw["k_end"]
     folds = folds[start:end]
-    sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort)
+    sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
     sink.write_config({**{k: v for k, v in kw.items()}, "model_params": params, "selection_rule": SELECTION_RULE,
                        "folds": [f.source for f in folds[:1]]})
     result = cross_validate(cohort, folds, kw["model"], params, sink,
@@ -211,6 +218,7 @@ def predict(**kw):
     from .aggregators.base import Aggregator
     from .atomic import write_csv
 
+    require(kw, "features")
     model = Aggregator.load(kw["model_path"], device=kw["device"])
     cohort = load_unlabelled_cohort(kw["features"], model.task_.name, kw["clinical"], kw["genomics"],
                                     patch_encoder=kw["patch_encoder"], case_col=kw["case_col"],

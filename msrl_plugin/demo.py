@@ -26,7 +26,9 @@ def run_demo(out: Path, models: list[str], k: int = 5, seed: int = 0, max_epochs
     for model in models:
         log(f"\n== {model} ==")
         params = {"max_epochs": max_epochs or DEMO_EPOCHS, "seed": seed}
-        sink = ResultsFolder(Path(out) / "results", f"demo_{model}", seed, cohort)
+        # a re-run of the demo keeps the folds it already finished (settings are checked against config.json)
+        sink = ResultsFolder(Path(out) / "results", f"demo_{model}", seed, cohort, resume=True)
+        sink.write_config({"model": model, "model_params": params, "k": k, "seed": seed})
         results[model] = cross_validate(cohort, folds, model, params, sink, log=log)
     table = comparison_table(results)
     log("\nper-fold test c-index")

@@ -22,6 +22,7 @@ SELECTION_RULE = "fixed epoch budget, last-epoch model (no early stopping; MCAT/
 
 class ResultsSink(Protocol):
     def fold_done(self, fold: Fold) -> bool: ...
+    def training_state_path(self, fold: Fold): ...
     def load_fold(self, fold: Fold) -> tuple[pd.DataFrame, dict[str, float]]: ...
     def write_fold(self, fold: Fold, model: Aggregator, predictions: pd.DataFrame,
                    metrics: dict[str, float], extra: dict[str, Any]) -> None: ...
@@ -39,11 +40,16 @@ class CVResult:
         return pd.DataFrame({"mean": numeric.mean(), "sd": numeric.std(ddof=1)})
 
 
-def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any],
-             progress: bool = False) -> tuple[Aggregator, pd.DataFrame, dict[str, float], dict[str, Any]]:
-    """Fit on the fold's training cases only, predict its held-out cases, score them."""
+def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any], progress: bool = False,
+             training_state=None) -> tuple[Aggregator, pd.DataFrame, dict[str, float], dict[str, Any]]:
+    """Fit on the fold's training cases only, predict its held-out cases, score them.
+
+    With ``training_state`` (a path) the fit checkpoints every epoch there and resumes from it.
+    """
     fold.check(cohort)
     model = create_aggregator(model_name, **params)
+    if training_state is not None:
+        model.enable_resume(training_state)
     train = cohort.subset(fold.train)
     start = time.perf_counter()
     model.fit(train, progress=progress)
@@ -68,9 +74,11 @@ def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: d
             log(f"fold {fold.k}: already done, kept ({_fmt(metrics)})")
             extra = {}
         else:
-            model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress)
+            state = None if sink is None else sink.training_state_path(fold)
+            model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state)
             if sink is not None:
                 sink.write_fold(fold, model, predictions, metrics, extra)
+                model.clear_training_state()
             log(f"fold {fold.k}: {_fmt(metrics)}  ({extra['fit_seconds']:.1f}s)")
         rows.append({"fold": fold.k, **metrics, **{k: v for k, v in extra.items() if k.endswith("seconds")}})
         preds[fold.k] = predictions

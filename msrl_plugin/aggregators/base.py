@@ -27,6 +27,7 @@ from ..tasks import make_task, task_from_state
 
 CHECKPOINT_FORMAT = "msrl-plugin-model"
 CHECKPOINT_VERSION = 1
+TRAINING_STATE_FORMAT = "msrl-plugin-training-state"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -94,14 +95,21 @@ class Aggregator(BaseEstimator):
 
     def _train(self, model: nn.Module, data: CaseData, loss_fn: Callable[[nn.Module, BagBatch], torch.Tensor],
                progress: bool | None = None, after_step: Callable[[BagBatch], None] | None = None,
-               params: list | None = None) -> None:
-        """Adam(lr, weight_decay=reg) over ``max_epochs`` epochs of shuffled mini-batches; last epoch kept."""
+               params: list | None = None, extra_modules: dict[str, nn.Module] | None = None) -> None:
+        """Adam(lr, weight_decay=reg) over ``max_epochs`` epochs of shuffled mini-batches; last epoch kept.
+
+        With :meth:`enable_resume`, a training state (model, optimiser, ``extra_modules`` such as the EMA
+        target, RNG states, epoch) is written atomically after every epoch and picked up again after a crash.
+        """
         device = self._device()
         optimiser = torch.optim.Adam(params if params is not None else model.parameters(),
                                      lr=self.lr, weight_decay=self.reg)
+        extra_modules = extra_modules or {}
         self.history_ = []
+        start = self._restore_training_state(model, optimiser, extra_modules)
         show = getattr(self, "verbose", False) if progress is None else progress
-        for _ in tqdm(range(self.max_epochs), desc=f"{self.name} epochs", disable=not show, leave=False):
+        for epoch in tqdm(range(start, self.max_epochs), desc=f"{self.name} epochs", disable=not show,
+                          leave=False, initial=start, total=self.max_epochs):
             model.train()
             order = epoch_order(len(data), self._generator, self._sampling)
             losses = []
@@ -115,6 +123,56 @@ class Aggregator(BaseEstimator):
                     after_step(batch)
                 losses.append(float(loss.detach()))
             self.history_.append({"train_loss": float(np.mean(losses))})
+            self._save_training_state(epoch + 1, model, optimiser, extra_modules)
+
+    # -- resume ----------------------------------------------------------------------------------
+    _training_state_path: Path | None = None
+
+    def enable_resume(self, path: str | Path) -> "Aggregator":
+        """Checkpoint the training state to ``path`` after each epoch and resume from it if it exists."""
+        self._training_state_path = Path(path)
+        return self
+
+    def has_training_state(self) -> bool:
+        return self._training_state_path is not None and self._training_state_path.is_file()
+
+    def _save_training_state(self, epoch: int, model: nn.Module, optimiser, extra_modules) -> None:
+        if self._training_state_path is None:
+            return
+        state = {"format": TRAINING_STATE_FORMAT, "aggregator": self.name, "epoch": epoch,
+                 "params": json.dumps(self.get_params(), default=str), "model": cpu_state(model),
+                 "optimiser": optimiser.state_dict(), "modules": {k: cpu_state(m) for k, m in extra_modules.items()},
+                 "history": json.dumps(self.history_), "extra": json.dumps(self._resume_extra()),
+                 "generator": self._generator.get_state(), "torch_rng": torch.get_rng_state()}
+        with atomic_path(self._training_state_path) as tmp:
+            torch.save(state, tmp)
+
+    def _restore_training_state(self, model: nn.Module, optimiser, extra_modules) -> int:
+        if not self.has_training_state():
+            return 0
+        state = read_checkpoint(self._training_state_path, TRAINING_STATE_FORMAT)
+        if state["aggregator"] != self.name or json.loads(state["params"]) != json.loads(
+                json.dumps(self.get_params(), default=str)):
+            raise CheckpointError("training state was written by a run with other settings",
+                                  self._training_state_path, "resume with the same flags, or delete the file")
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        for name, module in extra_modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.history_ = json.loads(state["history"])
+        for name, value in json.loads(state["extra"]).items():
+            setattr(self, name, value)
+        self._generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["epoch"])
+
+    def _resume_extra(self) -> dict[str, Any]:
+        """Fitted attributes outside the modules that a resumed run restores (name -> JSON-able value)."""
+        return {}
+
+    def clear_training_state(self) -> None:
+        if self.has_training_state():
+            self._training_state_path.unlink()
 
     # -- predict -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -208,7 +266,7 @@ class Aggregator(BaseEstimator):
         return model
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
     """Read a checkpoint safely: tensors and plain values only (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
@@ -220,7 +278,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"not a safe msrl-plugin checkpoint (refused to load: {first[:160]})", path,
                               "only checkpoints written by msrl-plugin can be loaded; "
                               "pickled objects are never executed") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
         raise CheckpointError("not an msrl-plugin checkpoint (a CLAM/raw state_dict?)", path,
                               "pass a model.pt written by msrl-plugin train")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:

@@ -144,14 +144,18 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         eligible = self._eligible(data.has_genomics).nonzero().squeeze(1)
         self.buffer_rows_ = max(1, min(self.buffer_size, len(eligible)))
         net = self._build_model(self.feature_dim_, len(self.genomics_columns_), self.task_.n_outputs).to(device)
-        if self.use_pretraining and (self.pretrained or self.pretrain_epochs > 0):
+        resuming = self.has_training_state()  # the saved state holds the pre-trained weights and buffer
+        if resuming:
+            self.pretrain_history_ = []
+        elif self.use_pretraining and (self.pretrained or self.pretrain_epochs > 0):
             pre = self._load_pretrained() if self.pretrained else self.pretrain(data, progress)
             self._transfer(pre, net, self.graph == "learned")
         else:
             self.pretrain_history_ = []
         if net.gene_encoder is not None:
             net.gene_encoder.requires_grad_(self.train_gene_encoder)
-        self._initialise_buffer(net, data, eligible)
+        if not resuming:
+            self._initialise_buffer(net, data, eligible)
         target = make_target(net)
         target.buffer = net.buffer        # one buffer, read by both branches
         target.gene_encoder = net.gene_encoder  # phi_G has no EMA counterpart [D: frozen]
@@ -159,7 +163,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         pending: dict[str, Any] = {}
         self._train(net, data, lambda model, batch: self._step_loss(net, target, data, batch, pending),
                     progress=progress, after_step=lambda batch: self._after_step(net, target, pending),
-                    params=[p for p in net.parameters() if p.requires_grad])
+                    params=[p for p in net.parameters() if p.requires_grad],
+                    extra_modules={"target": target})
         return self
 
     @torch.no_grad()
@@ -245,6 +250,9 @@ class MSRLAggregator(AttentionMixin, Aggregator):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"buffer_rows": int(self.buffer_rows_)}
+
+    def _resume_extra(self) -> dict[str, Any]:
+        return {"pretrain_history_": self.pretrain_history_}
 
     def _set_extra_state(self, extra: dict[str, Any]) -> None:
         self.buffer_rows_ = int(extra["buffer_rows"])

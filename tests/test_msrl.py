@@ -1,0 +1,135 @@
+"""MSRL aggregator: leakage guards, batch invariance, learning signals, variants, checkpoint round trip."""
+import numpy as np
+import pytest
+import torch
+from _cohorts import easy_survival_cohort
+
+from msrl_plugin import create_aggregator
+from msrl_plugin.aggregators.base import Aggregator
+from msrl_plugin.errors import MSRLPluginError
+
+FAST = dict(max_epochs=2, pretrain_epochs=2, embed_dim=32, batch_size=16, k=5, buffer_size=64, seed=0)
+VARIANTS = ["msrl", "msrl_h", "msrl_multi", "msrl_knn_euclidean", "msrl_knn_cosine", "msrl_random_gsl",
+            "msrl_online_buffer"]
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return easy_survival_cohort(n=80, genomics_dim=8, missing_genomics=0.2, seed=4)
+
+
+@pytest.fixture(scope="module")
+def split(cohort):
+    return cohort.subset(cohort.case_ids[:60]), cohort.subset(cohort.case_ids[60:])
+
+
+@pytest.fixture(scope="module")
+def fitted(split):
+    return create_aggregator("msrl", **FAST).fit(split[0])
+
+
+def test_buffer_holds_only_training_cases_with_genomics(fitted, split):
+    train, test = split
+    ids = fitted.buffer_case_ids()
+    assert ids and set(ids) <= set(train.case_ids)
+    assert not set(ids) & set(test.case_ids)
+    with_genomics = {c for c, ok in zip(train.case_ids, train.has_genomics) if ok}
+    assert set(ids) <= with_genomics  # cases without genomics never enter the buffer
+
+
+def test_predictions_are_batch_invariant(fitted, split):
+    test = split[1]
+    full = fitted.predict(test)["risk"]
+    alone = [fitted.predict(test.subset([c]))["risk"].iloc[0] for c in test.case_ids[:5]]
+    np.testing.assert_allclose(full.iloc[:5].to_numpy(), alone, atol=1e-5)
+    other = fitted.predict(test.subset(test.case_ids[:3] + test.case_ids[10:]))["risk"]
+    np.testing.assert_allclose(other.loc[test.case_ids[:3]], full.loc[test.case_ids[:3]], atol=1e-5)
+
+
+def test_prediction_is_wsi_only(fitted, split):
+    test = split[1]
+    no_genomics = test.subset(test.case_ids)
+    no_genomics.genomics = None
+    np.testing.assert_allclose(fitted.predict(test)["risk"], fitted.predict(no_genomics)["risk"], atol=1e-6)
+
+
+def test_a_case_never_reads_its_own_buffer_row(fitted, split):
+    train = split[0]
+    neighbours = fitted.buffer_neighbours(train.subset(fitted.buffer_case_ids()[:5]), top=20)
+    assert (neighbours["case_id"] != neighbours["neighbour_case_id"]).all()
+    assert (neighbours["edge_weight"] > 0).all()
+
+
+def test_neighbours_are_reported_per_test_case(fitted, split):
+    test = split[1]
+    table = fitted.buffer_neighbours(test.subset(test.case_ids[:3]), top=4)
+    assert set(table["case_id"]) == set(test.case_ids[:3])
+    assert table.groupby("case_id").size().max() <= 4
+    assert set(table["neighbour_case_id"]) <= set(split[0].case_ids)
+
+
+def test_training_moves_hadamard_weights_and_encoders(split):
+    model = create_aggregator("msrl_random_gsl", **{**FAST, "lr": 1e-2})
+    model.fit(split[0])
+    omega = torch.cat([w.detach().flatten() for w in model.model_.graph_learner.weights])
+    assert not torch.allclose(omega, torch.ones_like(omega))  # learner starts at w = 1
+    fresh = create_aggregator("msrl_random_gsl", **{**FAST, "max_epochs": 0}).fit(split[0])
+    assert not torch.allclose(model.model_.wsi_encoder.fc[1].weight, fresh.model_.wsi_encoder.fc[1].weight)
+    assert not torch.allclose(model.model_.inductor.net[0].weight, fresh.model_.inductor.net[0].weight)
+
+
+def test_gene_encoder_is_frozen_by_default(split):
+    model = create_aggregator("msrl", **FAST).fit(split[0])
+    assert not any(p.requires_grad for p in model.model_.gene_encoder.parameters())
+
+
+def test_pretraining_loss_decreases(split):
+    model = create_aggregator("msrl", **{**FAST, "pretrain_epochs": 25, "pretrain_lr": 3e-3})
+    data = model._prepare_fit(split[0])
+    model.pretrain(data)
+    losses = [h["loss"] for h in model.pretrain_history_]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert {"intra", "inter", "fused"} <= set(model.pretrain_history_[0])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_fits_predicts_and_round_trips(name, split, tmp_path):
+    train, test = split
+    model = create_aggregator(name, **{**FAST, "max_epochs": 1, "pretrain_epochs": 1}).fit(train)
+    pred = model.predict(test)
+    assert list(pred.index) == test.case_ids and np.isfinite(pred["risk"]).all()
+    loaded = Aggregator.load(model.save(tmp_path / f"{name}.pt"))
+    np.testing.assert_allclose(loaded.predict(test)["risk"], pred["risk"], atol=1e-6)
+    assert loaded.buffer_case_ids() == model.buffer_case_ids()
+
+
+def test_msrl_multi_reads_genomics_at_test(split):
+    train, test = split
+    model = create_aggregator("msrl_multi", **FAST).fit(train)
+    no_genomics = test.subset(test.case_ids)
+    no_genomics.genomics = None
+    with pytest.raises(MSRLPluginError, match="genomic"):
+        model.predict(no_genomics)
+
+
+def test_online_buffer_ablation_switches_only_the_buffer_source(split):
+    train = split[0]
+    target = create_aggregator("msrl", **FAST).fit(train)
+    online = create_aggregator("msrl_online_buffer", **FAST).fit(train)
+    assert target.buffer_case_ids() and online.buffer_case_ids()
+    assert target.get_params() == online.get_params()
+    assert not torch.allclose(target.model_.buffer.features, online.model_.buffer.features)
+
+
+def test_msrl_needs_genomics():
+    cohort = easy_survival_cohort(n=30)
+    with pytest.raises(MSRLPluginError, match="genomics"):
+        create_aggregator("msrl", **FAST).fit(cohort)
+    create_aggregator("msrl_h", **{**FAST, "max_epochs": 1}).fit(cohort)  # pure WSI needs none
+
+
+def test_same_seed_same_predictions(split):
+    train, test = split
+    a = create_aggregator("msrl", **FAST).fit(train).predict(test)
+    b = create_aggregator("msrl", **FAST).fit(train).predict(test)
+    np.testing.assert_array_equal(a["risk"].to_numpy(), b["risk"].to_numpy())
