@@ -4,6 +4,7 @@ Variants and ablations (method.md §6) are subclasses that change one class attr
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pandas as pd
@@ -256,6 +257,23 @@ class MSRLAggregator(AttentionMixin, Aggregator):
 
     def _set_extra_state(self, extra: dict[str, Any]) -> None:
         self.buffer_rows_ = int(extra["buffer_rows"])
+
+    def with_shuffled_buffer(self, seed: int = 0) -> MSRLAggregator:
+        """A copy whose buffer genomics (the g half of each valid row) are permuted across cases.
+
+        The benchmark's control: if MSRL's gain comes from borrowing *real, case-matched* genomics, this copy
+        must fall back to ABMIL level.
+        """
+        if self.modality != "fused":
+            raise CheckpointError(f"{self.name!r} has no genomics in its buffer to shuffle")
+        self._check_fitted()
+        clone = copy.deepcopy(self)
+        buffer = clone.model_.buffer
+        rows = buffer.valid.nonzero().squeeze(1)
+        perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+        with torch.no_grad():
+            buffer.features[rows, : self.embed_dim] = buffer.features[perm, : self.embed_dim].clone()
+        return clone
 
     def buffer_case_ids(self) -> list[str]:
         _, ids, valid = self.model_.buffer.snapshot()
