@@ -305,7 +305,7 @@ def validate(directory, patch_encoder):
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("msrl_demo"), show_default=True)
-@click.option("--models", default="abmil", show_default=True, help="Comma-separated models to train.")
+@click.option("--models", default="abmil,msrl", show_default=True, help="Comma-separated models to train.")
 @click.option("--k", type=int, default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None)

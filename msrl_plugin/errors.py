@@ -16,8 +16,13 @@ class MSRLPluginError(Exception):
         self.fix = fix
         parts = [f"{self.path}: {problem}" if self.path else problem]
         if fix:
-            parts.append(fix)
-        super().__init__(". ".join(p.rstrip(".") for p in parts) + ".")
+            parts.append(fix[:1].upper() + fix[1:])
+        text = ""
+        for part in parts:
+            part = part.rstrip(". ")
+            text += (" " if text else "") + part + ("" if part.endswith(("?", "!")) else ".")
+        # One line, always: the CLI prints it as a single ``error: ...`` line.
+        super().__init__(" ".join(text.splitlines()))
 
 
 class BadInputError(MSRLPluginError):

@@ -23,13 +23,13 @@ def fit_bin_edges(times: np.ndarray, censorship: np.ndarray, n_bins: int = 4) ->
     if len(uncensored) < n_bins:
         raise BadInputError(f"only {len(uncensored)} events among the training cases; "
                             f"{n_bins} survival bins need at least {n_bins}",
-                            fix="use fewer --n-bins, or a cohort with more events")
+                            fix="use fewer bins (--param n_bins=2) or a cohort with more events")
     edges = np.quantile(uncensored, np.linspace(0.0, 1.0, n_bins + 1))
     edges[0] = times.min() - EDGE_EPS
     edges[-1] = times.max() + EDGE_EPS
     if np.any(np.diff(edges) <= 0):
         raise BadInputError(f"event times have too few distinct values for {n_bins} quantile bins",
-                            fix="use fewer --n-bins")
+                            fix="use fewer bins (--param n_bins=2)")
     return edges
 
 
