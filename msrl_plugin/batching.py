@@ -69,6 +69,11 @@ class BagBatch:
     has_genomics: torch.Tensor  # (B,)
     targets: dict[str, torch.Tensor]
 
+    def select(self, rows: torch.Tensor) -> BagBatch:
+        """The batch restricted to positions ``rows``."""
+        return BagBatch(self.index[rows.cpu()], self.x[rows], self.mask[rows], self.genomics[rows],
+                        self.has_genomics[rows], {k: v[rows] for k, v in self.targets.items()})
+
     def to(self, device: torch.device) -> BagBatch:
         return BagBatch(self.index, self.x.to(device), self.mask.to(device), self.genomics.to(device),
                         self.has_genomics.to(device), {k: v.to(device) for k, v in self.targets.items()})

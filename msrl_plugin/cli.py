@@ -165,12 +165,20 @@ def cli(ctx, debug, quiet):
               default=Path("results"), show_default=True)
 @click.option("--exp-code", "--exp_code", "exp_code", default=None, help="Experiment name (default: the model).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same results folder.")
+@click.option("--devices", type=int, default=1, show_default=True,
+              help="Data-parallel processes (gloo on CPU, nccl on GPU); torchrun launches work too.")
 @with_config
 def train(**kw):
     """Cross-validate a model and write a CLAM-style results folder."""
+    import pandas as pd
+
     from .adapters.results import ResultsFolder
+    from .aggregators.base import resolve_device
+    from .distributed import init_from_torchrun, is_main
     from .experiment import SELECTION_RULE, cross_validate
     from .splits import kfold_splits
+
+    init_from_torchrun()
 
     params = model_params(kw["model"], kw)
     cohort = load_cohort_from_flags(kw)
@@ -182,10 +190,21 @@ def train(**kw):
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
     sink.write_config({**{k: v for k, v in kw.items()}, "model_params": params, "selection_rule": SELECTION_RULE,
                        "folds": [f.source for f in folds[:1]]})
-    result = cross_validate(cohort, folds, kw["model"], params, sink,
-                            progress=not click.get_current_context().find_root().obj["quiet"], log=echo)
-    click.echo(format_summary(result))
-    click.echo(f"results: {sink.path}")
+    quiet = click.get_current_context().find_root().obj["quiet"]
+    if kw["devices"] > 1:
+        from .distributed import launch
+        from .experiment import CVResult, distributed_cross_validate
+
+        summary_file = sink.path / ".devices_summary.csv"
+        launch(kw["devices"], distributed_cross_validate, cohort, folds, kw["model"], params, sink, quiet,
+               summary_file, device=str(resolve_device(kw["device"])))
+        result = CVResult(kw["model"], pd.read_csv(summary_file))
+        summary_file.unlink()
+    else:
+        result = cross_validate(cohort, folds, kw["model"], params, sink, progress=not quiet, log=echo)
+    if is_main():
+        click.echo(format_summary(result))
+        click.echo(f"results: {sink.path}")
 
 
 def split_dir_folds(cohort, split_dir: Path):

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from . import distributed
 from .aggregators.base import Aggregator
 from .cohort import Cohort
 from .registry import create_aggregator
@@ -68,6 +69,7 @@ def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any]
 def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: dict[str, Any],
                    sink: ResultsSink | None = None, progress: bool = False, log=print) -> CVResult:
     rows, preds = [], {}
+    writer = sink if distributed.is_main() else None  # only rank 0 writes files
     for fold in folds:
         if sink is not None and sink.fold_done(fold):
             predictions, metrics = sink.load_fold(fold)
@@ -76,17 +78,27 @@ def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: d
         else:
             state = None if sink is None else sink.training_state_path(fold)
             model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state)
-            if sink is not None:
-                sink.write_fold(fold, model, predictions, metrics, extra)
+            if writer is not None:
+                writer.write_fold(fold, model, predictions, metrics, extra)
                 model.clear_training_state()
+            distributed.barrier()
             log(f"fold {fold.k}: {_fmt(metrics)}  ({extra['fit_seconds']:.1f}s)")
         rows.append({"fold": fold.k, **metrics, **{k: v for k, v in extra.items() if k.endswith("seconds")}})
         preds[fold.k] = predictions
     result = CVResult(model_name, pd.DataFrame(rows), preds)
-    if sink is not None:
-        sink.write_summary(rows, cohort.task)
+    if writer is not None:
+        writer.write_summary(rows, cohort.task)
     return result
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v))
+
+
+def distributed_cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: dict[str, Any],
+                               sink: ResultsSink | None, quiet: bool, summary_file=None) -> None:
+    """One rank of ``msrl-plugin train --devices N`` (run through :func:`distributed.launch`)."""
+    log = print if distributed.is_main() and not quiet else (lambda *_: None)
+    result = cross_validate(cohort, folds, model_name, params, sink, log=log)
+    if distributed.is_main() and summary_file is not None:
+        result.fold_metrics.to_csv(summary_file, index=False)

@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..atomic import atomic_path
 from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
 from ..cohort import Cohort
@@ -32,7 +33,9 @@ TRAINING_STATE_FORMAT = "msrl-plugin-training-state"
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and distributed.is_distributed():
+        return torch.device("cuda", distributed.rank() % torch.cuda.device_count())
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInputError("--device cuda was requested but no CUDA device is available",
                             fix="use --device cpu or auto")
@@ -113,15 +116,26 @@ class Aggregator(BaseEstimator):
             model.train()
             order = epoch_order(len(data), self._generator, self._sampling)
             losses = []
+            trainable = [p for group in optimiser.param_groups for p in group["params"]]
             for index in batches(order, self.batch_size):
+                # every rank collates the whole batch (keeps the sampling RNG in step), computes its share
                 batch = collate(data, index, self.max_patches, self._generator).to(device)
-                loss = loss_fn(model, batch)
                 optimiser.zero_grad()
-                loss.backward()
+                if distributed.is_distributed():
+                    share = distributed.my_share(len(index))
+                    batch = batch.select(share.to(batch.x.device))
+                    loss = loss_fn(model, batch) * (len(share) / len(index)) if len(share) else None
+                    if loss is not None:
+                        loss.backward()
+                    distributed.all_reduce_gradients(trainable)
+                else:
+                    loss = loss_fn(model, batch)
+                    loss.backward()
                 optimiser.step()
                 if after_step is not None:
                     after_step(batch)
-                losses.append(float(loss.detach()))
+                if loss is not None:
+                    losses.append(float(loss.detach()))
             self.history_.append({"train_loss": float(np.mean(losses))})
             self._save_training_state(epoch + 1, model, optimiser, extra_modules)
 
@@ -137,7 +151,7 @@ class Aggregator(BaseEstimator):
         return self._training_state_path is not None and self._training_state_path.is_file()
 
     def _save_training_state(self, epoch: int, model: nn.Module, optimiser, extra_modules) -> None:
-        if self._training_state_path is None:
+        if self._training_state_path is None or not distributed.is_main():
             return
         state = {"format": TRAINING_STATE_FORMAT, "aggregator": self.name, "epoch": epoch,
                  "params": json.dumps(self.get_params(), default=str), "model": cpu_state(model),
@@ -197,11 +211,12 @@ class Aggregator(BaseEstimator):
         """Logits ``(n, n_outputs)``; each case is computed independently of the others in its batch."""
         self.model_.eval()
         device = self._device()
-        out = []
-        order = torch.arange(len(data))
+        out = [torch.zeros(0, self.task_.n_outputs)]
+        order = distributed.my_share(len(data))  # all cases when not distributed
         for index in batches(order, batch_size or self.batch_size):
             out.append(self._forward(self.model_, collate(data, index).to(device)).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.task_.n_outputs)
+        logits = torch.cat(out)
+        return distributed.gather_rows(logits) if distributed.is_distributed() else logits
 
     def predict(self, cohort: Cohort) -> pd.DataFrame:
         """Per-case predictions indexed by case_id: ``risk`` (+ survival curve) or class probabilities."""

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed
 from ..batching import BagBatch, CaseData, batches, collate
 from ..cohort import Cohort
 from ..errors import CheckpointError
@@ -208,8 +209,13 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     def _after_step(self, net: MSRLNetwork, target: MSRLNetwork, pending: dict[str, Any]) -> None:
         for name in net.target_modules():
             ema_update(getattr(target, name), getattr(net, name), self.ema_momentum)
-        if pending:
-            net.buffer.enqueue(pending["features"], pending["ids"])
+        feats, ids = pending.pop("features", None), pending.pop("ids", [])
+        if distributed.is_distributed():  # every rank enqueues every rank's rows, in rank order
+            empty = net.buffer.features.new_zeros(0, net.buffer.features.shape[1])
+            feats = distributed.gather_rows(empty if feats is None else feats)
+            ids = [i for part in distributed.gather_objects(ids) for i in part]
+        if ids:
+            net.buffer.enqueue(feats, ids)
 
     # -- inference -----------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
