@@ -100,3 +100,14 @@ def kit() -> SimpleNamespace:
     return SimpleNamespace(write_trident=write_trident, write_clam_h5=write_clam_h5, write_stamp=write_stamp,
                            write_pt=write_pt, write_coords_only=write_coords_only, feats=feats,
                            grid_coords=grid_coords)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread_torch():
+    """Tiny models run faster on one thread, and the suite shares 2 cores; restore afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

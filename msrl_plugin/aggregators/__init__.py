@@ -1,6 +1,9 @@
 """Registered aggregators. Importing this package registers the built-in ones."""
 from .abmil import ABMILAggregator
 from .base import Aggregator
+from .generated import CVAEFusionAggregator, ReconFusionAggregator
 from .msrl import MSRLAggregator
+from .multimodal import LateFusionAggregator, SNNAggregator
 
-__all__ = ["ABMILAggregator", "Aggregator", "MSRLAggregator"]
+__all__ = ["Aggregator", "ABMILAggregator", "MSRLAggregator", "SNNAggregator", "LateFusionAggregator",
+           "ReconFusionAggregator", "CVAEFusionAggregator"]

@@ -1,4 +1,6 @@
-"""Generated-genomics baselines: WSI-only at test, genomics predicted from the slide and fused (method.md §9.5-9.6).
+"""Generated-genomics baselines: WSI-only at test, genomics predicted from the slide, then fused.
+
+method.md §9.5 (G-HANet) and §9.6 (LD-CVAE).
 
 ``recon_fusion`` (G-HANet-style) regresses genomics from the WSI representation; ``cvae_fusion``
 (LD-CVAE-style) generates them with a conditional VAE. Both use real genomics only as a training target
@@ -26,7 +28,7 @@ from .multimodal import check_choice
 
 
 class GeneratedGenomicsAggregator(AttentionMixin, Aggregator):
-    """Shared fit loop; subclasses' ``_training_loss`` logs its terms per step, averaged per epoch in ``history_``."""
+    """Shared fit loop; ``_training_loss`` logs its terms per step, averaged per epoch into ``history_``."""
 
     uses_genomics = True
     genomics_at_test = False
@@ -36,17 +38,30 @@ class GeneratedGenomicsAggregator(AttentionMixin, Aggregator):
         data = self._prepare_fit(cohort)
         self.model_ = self._build_model(self.feature_dim_, len(self.genomics_columns_),
                                         self.task_.n_outputs).to(self._device())
-        self._steps_per_epoch = math.ceil(len(data) / self.batch_size)
         self._step_log: list[dict[str, float]] = []
+        self._aux_restored: list[dict[str, float]] = []  # set by a resumed run (``_resume_extra``)
         self._train(self.model_, data, self._training_loss, progress=progress)
-        for epoch, row in enumerate(self.history_):
-            steps = self._step_log[epoch * self._steps_per_epoch: (epoch + 1) * self._steps_per_epoch]
-            for key in steps[0] if steps else []:
-                row[key] = _nanmean([s[key] for s in steps])
+        for row, aux in zip(self.history_, self._aux_history(), strict=False):
+            row.update(aux)
         return self
 
     def _epoch(self) -> int:
-        return len(self._step_log) // self._steps_per_epoch
+        """0-based epoch in training: ``_train`` appends a history row per finished epoch (resume-safe)."""
+        return len(self.history_)
+
+    def _log_step(self, row: dict[str, float]) -> None:
+        self._step_log.append({**row, "epoch": self._epoch()})
+
+    def _aux_history(self) -> list[dict[str, float]]:
+        """Per-epoch means of the logged loss terms: epochs restored by a resume, then this run's."""
+        out = list(self._aux_restored)
+        for epoch in sorted({s["epoch"] for s in self._step_log}):
+            steps = [s for s in self._step_log if s["epoch"] == epoch]
+            out.append({k: _nanmean([s[k] for s in steps]) for k in steps[0] if k != "epoch"})
+        return out
+
+    def _resume_extra(self) -> dict[str, Any]:
+        return {"_aux_restored": self._aux_history()}
 
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
         return model(batch.x, batch.mask)[0]
@@ -63,8 +78,10 @@ class GeneratedGenomicsAggregator(AttentionMixin, Aggregator):
         for index in batches(torch.arange(len(data)), self.batch_size):
             batch = collate(data, index).to(self._device())
             out.append(self.model_(batch.x, batch.mask)[1].float().cpu())
-        values = torch.cat(out).numpy() * self.scaler_.std + self.scaler_.mean
-        return pd.DataFrame(values, index=pd.Index(data.case_ids, name="case_id"), columns=self.genomics_columns_)
+        generated = torch.cat(out) if out else torch.zeros(0, len(self.genomics_columns_))
+        values = generated.numpy() * self.scaler_.std + self.scaler_.mean
+        index = pd.Index(data.case_ids, name="case_id")
+        return pd.DataFrame(values, index=index, columns=self.genomics_columns_)
 
 
 def _nanmean(values: list[float]) -> float:
@@ -74,7 +91,7 @@ def _nanmean(values: list[float]) -> float:
 
 @register_aggregator("recon_fusion")
 class ReconFusionAggregator(GeneratedGenomicsAggregator):
-    """G-HANet-style: WSI -> predicted genomics -> fuse [h, SNN(g^)] -> head; WSI-only inference [B structure].
+    """G-HANet-style: WSI -> predicted genomics -> fuse [h, SNN(g^)] -> head; WSI-only inference [B outline].
 
     ABMIL (D -> 512, attention 256) -> rho 256 = h; decoder h -> 256 -> G (LayerNorm, ELU) = g^ (standardised
     genomics); PORPOISE fusion head on (h, g^) with ``fusion='concat'|'bilinear'``. The head is trained on
@@ -84,8 +101,8 @@ class ReconFusionAggregator(GeneratedGenomicsAggregator):
     as ABMIL (MCAT: Adam 2e-4, wd 1e-5, 20 epochs). ``history_`` rows carry ``recon_loss`` (unweighted).
     """
 
-    def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256, omic_dim: int = 256,
-                 n_omic_blocks: int = 2, decoder_dim: int = 256, dropout: float = 0.25,
+    def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256,
+                 omic_dim: int = 256, n_omic_blocks: int = 2, decoder_dim: int = 256, dropout: float = 0.25,
                  snn_activation: str = "elu", recon_weight: float = 0.3, cosine_exponent: float = 3.0,
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
@@ -126,13 +143,13 @@ class ReconFusionAggregator(GeneratedGenomicsAggregator):
             recon = reconstruction_loss(generated[has], batch.genomics[has], self.cosine_exponent)
             loss = loss + self.recon_weight * recon
             recon_loss = float(recon.detach())
-        self._step_log.append({"recon_loss": recon_loss})
+        self._log_step({"recon_loss": recon_loss})
         return loss
 
 
 @register_aggregator("cvae_fusion")
 class CVAEFusionAggregator(GeneratedGenomicsAggregator):
-    """LD-CVAE-style: a conditional VAE generates genomics from the WSI representation, then fusion [B structure].
+    """LD-CVAE-style: a conditional VAE generates genomics from the WSI representation; then fusion [B].
 
     h = ABMIL -> rho 256; prior p(z|h), posterior q(z|h, g), decoder g^ = f(z, h) (``latent_dim`` 64 [D]).
     Training: z ~ q for cases with genomics, z ~ p for the others; loss = task + ``recon_weight`` x
@@ -142,8 +159,9 @@ class CVAEFusionAggregator(GeneratedGenomicsAggregator):
     no VIB transformer; training defaults as ABMIL. ``history_`` rows carry ``recon_loss``, ``kl``, ``beta``.
     """
 
-    def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256, omic_dim: int = 256,
-                 n_omic_blocks: int = 2, latent_dim: int = 64, decoder_dim: int = 256, dropout: float = 0.25,
+    def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256,
+                 omic_dim: int = 256, n_omic_blocks: int = 2, latent_dim: int = 64, decoder_dim: int = 256,
+                 dropout: float = 0.25,
                  snn_activation: str = "elu", recon_weight: float = 1.0, kl_weight: float = 1.0,
                  kl_warmup: int = 5,
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
@@ -187,11 +205,11 @@ class CVAEFusionAggregator(GeneratedGenomicsAggregator):
         logits, generated, kl = model(batch.x, batch.mask, batch.genomics, has)
         loss = self.task_.loss(logits, batch.targets)
         beta = self.kl_beta(self._epoch())
-        row: dict[str, Any] = {"recon_loss": float("nan"), "kl": float("nan"), "beta": beta}
+        row: dict[str, float] = {"recon_loss": float("nan"), "kl": float("nan"), "beta": beta}
         if bool(has.any()):
             recon = F.mse_loss(generated[has], batch.genomics[has])
             kl_mean = kl[has].mean()
             loss = loss + self.recon_weight * (recon + beta * kl_mean / generated.shape[1])
             row.update(recon_loss=float(recon.detach()), kl=float(kl_mean.detach()))
-        self._step_log.append(row)
+        self._log_step(row)
         return loss

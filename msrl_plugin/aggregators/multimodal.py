@@ -1,4 +1,4 @@
-"""Multimodal references that read genomics at test time: ``snn`` (genomics only) and ``fusion`` (PORPOISE MMF).
+"""Multimodal references that read genomics at test: ``snn`` (genomics only) and ``fusion`` (PORPOISE MMF).
 
 They are the upper references of the benchmark (method.md §9.2, §9.3), not WSI-only models: every case they
 predict needs a genomics row. Training keeps the cases that have genomics (the others are dropped with a
@@ -41,30 +41,34 @@ class GenomicsRequiredMixin:
     def _imputes(self) -> bool:
         return getattr(self, "missing_genomics", "error") == "impute_mean"
 
-    def fit(self, cohort: Cohort, progress: bool | None = None):
-        check_choice(self.name, "missing_genomics", getattr(self, "missing_genomics", "error"), MISSING_GENOMICS)
+    def fit(self, cohort: Cohort, progress: bool | None = None) -> Aggregator:
+        policy = getattr(self, "missing_genomics", "error")
+        check_choice(self.name, "missing_genomics", policy, MISSING_GENOMICS)
         return super().fit(self._complete_cases(cohort), progress)
 
     def _complete_cases(self, cohort: Cohort) -> Cohort:
         has = cohort.has_genomics
         if self._imputes() or has.all() or not has.any():  # none at all: _prepare_fit names the fix
             return cohort
-        missing = [c for c, h in zip(cohort.case_ids, has) if not h]
+        missing = [c for c, h in zip(cohort.case_ids, has, strict=True) if not h]
         warnings.warn(f"model {self.name!r} needs genomics: {len(missing)} of {len(cohort)} training case(s) "
                       f"without a genomics row are left out of training (e.g. {missing[0]!r})", stacklevel=3)
-        return cohort.subset([c for c, h in zip(cohort.case_ids, has) if h])
+        return cohort.subset([c for c, h in zip(cohort.case_ids, has, strict=True) if h])
 
     def _case_data(self, cohort: Cohort) -> CaseData:
         fix = ("pass --genomics with a row for every case, or predict these cases with a WSI-only model "
                "(abmil, msrl, recon_fusion, cvae_fusion)")
+        if "missing_genomics" in self._get_param_names():
+            fix += ", or retrain with --param missing_genomics=impute_mean"
         if cohort.genomics is None and not self._imputes():
             raise BadInputError(f"model {self.name!r} reads genomics at test time but the cohort has no "
                                 f"genomics table: all {len(cohort)} case(s) lack genomics", fix=fix)
         data = super()._case_data(cohort)
-        lacking = [c for c, h in zip(data.case_ids, data.has_genomics.tolist()) if not h]
+        lacking = [c for c, h in zip(data.case_ids, data.has_genomics.tolist(), strict=True) if not h]
         if lacking and not self._imputes():
             raise BadInputError(f"model {self.name!r} reads genomics at test time; {len(lacking)} of "
-                                f"{len(data)} case(s) lack a complete genomics row (e.g. {lacking[0]!r})", fix=fix)
+                                f"{len(data)} case(s) lack a complete genomics row (e.g. {lacking[0]!r})",
+                                fix=fix)
         return data
 
 
@@ -80,10 +84,11 @@ class SNNAggregator(GenomicsRequiredMixin, Aggregator):
     uses_genomics = True
     genomics_at_test = True
 
-    def __init__(self, hidden_dim: int = 256, n_blocks: int = 2, dropout: float = 0.25, activation: str = "elu",
-                 max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
-                 max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
-                 weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
+    def __init__(self, hidden_dim: int = 256, n_blocks: int = 2, dropout: float = 0.25,
+                 activation: str = "elu", max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5,
+                 batch_size: int = 8, max_patches: int | None = 4096, n_bins: int = 4,
+                 alpha_surv: float = 0.0, weighted_sample: bool = False, seed: int = 1, device: str = "auto",
+                 verbose: bool = False):
         self.hidden_dim = hidden_dim
         self.n_blocks = n_blocks
         self.dropout = dropout
@@ -125,9 +130,9 @@ class LateFusionAggregator(GenomicsRequiredMixin, AttentionMixin, Aggregator):
     uses_genomics = True
     genomics_at_test = True
 
-    def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256, omic_dim: int = 256,
-                 n_omic_blocks: int = 2, dropout: float = 0.25, snn_activation: str = "elu",
-                 missing_genomics: str = "error",
+    def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256,
+                 omic_dim: int = 256, n_omic_blocks: int = 2, dropout: float = 0.25,
+                 snn_activation: str = "elu", missing_genomics: str = "error",
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
@@ -157,7 +162,8 @@ class LateFusionAggregator(GenomicsRequiredMixin, AttentionMixin, Aggregator):
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
         return LateFusionNetwork(feature_dim, genomics_dim, n_outputs, self.fusion, self.hidden_dim,
-                                 self.attn_dim, self.omic_dim, self.n_omic_blocks, self.dropout, self.snn_activation)
+                                 self.attn_dim, self.omic_dim, self.n_omic_blocks, self.dropout,
+                                 self.snn_activation)
 
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
         return model(batch.x, batch.mask, batch.genomics)
