@@ -170,6 +170,14 @@ def scan_bags(root: str | os.PathLike, patch_encoder: str | None = None, mag: fl
     for sub, fmt in (("h5_files", "clam_h5"), ("pt_files", "pt")):
         if (root / sub).is_dir():
             return _flat(root / sub, "clam", fmt, root)
+    # CLAM's --data_root_dir is often the parent of one task feature dir (<root>/<task>_features/h5_files)
+    clam_dirs = sorted(d for d in root.iterdir() if d.is_dir() and ((d / "h5_files").is_dir()
+                                                                    or (d / "pt_files").is_dir()))
+    if len(clam_dirs) == 1 and not any(root.glob("*.h5")) and not any(root.glob("*.pt")):
+        return scan_bags(clam_dirs[0], patch_encoder, mag, patch_size, overlap)
+    if len(clam_dirs) > 1:
+        raise BadInputError(f"several CLAM feature folders: {', '.join(d.name for d in clam_dirs)}", root,
+                            "pass the one to use as --features / --data_root_dir")
     return _flat(root, "flat", "h5", root)
 
 

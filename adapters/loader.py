@@ -1,6 +1,7 @@
 """Files -> :class:`~msrl_plugin.cohort.Cohort`: bags, clinical table and optional genomics wired together."""
 from __future__ import annotations
 
+import collections
 import os
 import warnings
 from collections.abc import Sequence
@@ -32,9 +33,10 @@ def _eg(items: Sequence[str], n: int = 3) -> str:
 
 
 def _empty_slides(table: ClinicalTable, index: BagIndex, on_empty: str) -> set[str]:
-    """Slides whose bag has 0 patches; other header defects raise at once (read_bag gives the fix)."""
+    """Slides whose bag has 0 patches. Header defects and mixed feature dims raise at once, before any output
+    is written (read_bag gives the file-specific fix); NaN/Inf values are found when a bag is read."""
     wanted = sorted({s for ss in table.slides.values() for s in ss} & set(index.files))
-    empty = []
+    empty, dims = [], {}
     for slide in wanted:
         report = inspect_bag(index.files[slide].path, scan_values=False)
         if report.n_patches == 0:
@@ -42,12 +44,29 @@ def _empty_slides(table: ClinicalTable, index: BagIndex, on_empty: str) -> set[s
         elif report.problems:
             read_bag(index.files[slide].path, index.files[slide].fmt)  # raises with the file-specific fix
             raise BadInputError(report.problems[0], index.files[slide].path)
+        else:
+            dims[slide] = report.dim
+    _check_one_dim(dims, index)
     if empty and on_empty == "error":
         raise BadInputError(f"{len(empty)} bag(s) are empty (0 patches): {_eg(empty)}",
                             index.files[empty[0]].path, EMPTY_FIX)
     if empty:
         warnings.warn(f"skipping {len(empty)} empty bag(s) (0 patches): {_eg(empty)}", stacklevel=3)
     return set(empty)
+
+
+def _check_one_dim(dims: dict[str, int], index: BagIndex) -> None:
+    """All bags must come from one patch encoder: name a bag whose dim differs from the most common one."""
+    counts = collections.Counter(dims.values())
+    if len(counts) < 2:
+        return
+    common, n_common = counts.most_common(1)[0]
+    odd = next(s for s, d in dims.items() if d != common)
+    seen = ", ".join(f"{d} ({n} bag(s))" for d, n in counts.most_common())
+    raise BadInputError(f"feature dim {dims[odd]} differs from {common} of {n_common} other bag(s); "
+                        f"dims seen: {seen}; mixed patch encoders?", index.files[odd].path,
+                        "Use one patch encoder's features for the whole cohort (--patch-encoder), and "
+                        "re-extract or remove the odd bags")
 
 
 def _attach_bags(table: ClinicalTable, index: BagIndex, on_empty: str,
@@ -72,12 +91,14 @@ def _attach_bags(table: ClinicalTable, index: BagIndex, on_empty: str,
                                 "Pass --on-missing-bag skip to drop them, or check that the slide ids match "
                                 "the bag file names")
         gone = sum(1 for ss in with_bag.values() if not ss)
-        warnings.warn(f"{msg}; their missing slides are dropped ({gone} case(s) with no bag left)", stacklevel=3)
+        warnings.warn(f"{msg}; their missing slides are dropped ({gone} case(s) with no bag left)",
+                      stacklevel=3)
     empty = _empty_slides(table, index, on_empty)
     slides = {c: [s for s in ss if s not in empty] for c, ss in with_bag.items()}
     dropped = [c for c, ss in slides.items() if not ss and with_bag[c]]
     if dropped:
-        warnings.warn(f"{len(dropped)} case(s) dropped: all their bags are empty ({_eg(dropped)})", stacklevel=3)
+        warnings.warn(f"{len(dropped)} case(s) dropped: all their bags are empty ({_eg(dropped)})",
+                      stacklevel=3)
     slides = {c: ss for c, ss in slides.items() if ss}
     if not slides:
         raise BadInputError("no case of the clinical table has a usable bag", table.path,
@@ -95,13 +116,14 @@ def _match_genomics(genomics: PathLike | pd.DataFrame | None, table: ClinicalTab
     frame.index = frame.index.astype(str)
     known = frame.index.isin(table.cases.index)
     if not known.any():
-        raise BadInputError(f"none of the {len(frame)} genomics case ids match a clinical case id (genomics: "
-                            f"{_eg(list(frame.index), 2)}; clinical: {_eg(list(table.cases.index), 2)})", path,
+        raise BadInputError(f"none of the {len(frame)} genomics case ids match a clinical case id "
+                            f"(genomics: {_eg(list(frame.index), 2)}; "
+                            f"clinical: {_eg(list(table.cases.index), 2)})", path,
                             "Probably the wrong id column: choose it with --genomics-case-col")
     if not known.all():
         unknown = list(frame.index[~known])
-        warnings.warn(f"{len(unknown)} genomics row(s) match no clinical case and are ignored: {_eg(unknown)}",
-                      stacklevel=3)
+        warnings.warn(f"{len(unknown)} genomics row(s) match no clinical case and are ignored: "
+                      f"{_eg(unknown)}", stacklevel=3)
     return frame[known]
 
 
@@ -113,15 +135,17 @@ def load_cohort(features: PathLike | BagIndex, clinical: PathLike | ClinicalTabl
                 **clinical_kwargs: Any) -> Cohort:
     """A :class:`Cohort` from a features folder (any layout :func:`find_bags` accepts) and tables.
 
-    ``clinical_kwargs`` go to :func:`read_clinical` (``case_col``, ``time_col``, ``event_col``, ...). A clinical
-    slide without a bag is an error (``on_missing_bag='skip'`` drops it), so is an empty bag (``on_empty='skip'``
-    drops it); bags without a clinical row and genomics rows without a case are ignored with a warning.
+    ``clinical_kwargs`` go to :func:`read_clinical` (``case_col``, ``time_col``, ``event_col``, ...). A
+    clinical slide without a bag is an error (``on_missing_bag='skip'`` drops it), so is an empty bag
+    (``on_empty='skip'`` drops it), and so are mixed feature dims; bags without a clinical row and genomics
+    rows without a case are ignored with a warning.
     """
     _choice("on_empty", on_empty, ON_EMPTY)
     _choice("on_missing_bag", on_missing_bag, ON_MISSING_BAG)
-    index = features if isinstance(features, BagIndex) else find_bags(features, patch_encoder, mag, patch_size,
-                                                                      overlap)
-    table = clinical if isinstance(clinical, ClinicalTable) else read_clinical(clinical, task, **clinical_kwargs)
+    index = (features if isinstance(features, BagIndex)
+             else find_bags(features, patch_encoder, mag, patch_size, overlap))
+    table = (clinical if isinstance(clinical, ClinicalTable)
+             else read_clinical(clinical, task, **clinical_kwargs))
     if table.task != task:
         raise BadInputError(f"the clinical table was read for {table.task}, not {task}", table.path)
     slides = _attach_bags(table, index, on_empty, on_missing_bag)
@@ -155,7 +179,8 @@ def load_unlabelled_cohort(features: PathLike, task: str, clinical: PathLike | N
                                 clinical, "choose the case id column with --case-col")
         slide_ids = (frame[slide_col] if slide_col in frame else frame[case_col]).astype(str)
         slides = {}
-        for case_id, slide in zip(frame[case_col].astype(str), slide_ids.map(strip_slide_extension)):
+        cases = frame[case_col].astype(str)
+        for case_id, slide in zip(cases, slide_ids.map(strip_slide_extension), strict=True):
             slides.setdefault(case_id, []).append(slide)
     table = ClinicalTable(pd.DataFrame(index=pd.Index(list(slides), name="case_id")), slides, task,
                           None if clinical is None else Path(clinical))

@@ -37,7 +37,7 @@ class ResultsFolder:
         self.path = Path(results_dir) / f"{exp_code}_s{seed}"
         self.cohort = cohort
         self.resume = resume
-        if not resume and self.path.is_dir() and any(self.path.iterdir()):
+        if not resume and self.holds_results():
             raise MSRLPluginError("results folder already holds results", self.path,
                                   "pass --resume to continue that run, or choose another --exp-code/--results-dir")
         try:
@@ -48,6 +48,11 @@ class ResultsFolder:
         except OSError as exc:
             raise MSRLPluginError(f"results directory is not writable ({exc.strerror})", self.path,
                                   "pass a writable --results-dir") from exc
+
+    def holds_results(self) -> bool:
+        """Fold outputs or a training state exist (a folder with only the config of a failed start does not)."""
+        patterns = ("split_*_results.csv", "s_*_checkpoint.pt", "s_*_training_state.pt", "summary.csv")
+        return self.path.is_dir() and any(any(self.path.glob(p)) for p in patterns)
 
     def checkpoint_path(self, k: int) -> Path:
         return self.path / f"s_{k}_checkpoint.pt"
@@ -91,7 +96,7 @@ class ResultsFolder:
                 if col in cases:
                     table[col] = cases[col].to_numpy()
             table.insert(0, "slide_id", [";".join(self.cohort.slides[c]) for c in table.index])
-        write_csv(self.path / f"splits_{fold.k}.csv", split_table(fold), index=True)
+        write_csv(self.path / f"splits_{fold.k}.csv", split_table(fold, self.cohort), index=True)
         write_json(self.path / f"split_{fold.k}_metrics.json", {**metrics, **extra})
         model.save(self.checkpoint_path(fold.k))
         write_csv(self.predictions_path(fold.k), table, index=True)
@@ -109,8 +114,11 @@ class ResultsFolder:
         return out
 
 
-def split_table(fold) -> pd.DataFrame:
-    """CLAM's ragged split form: columns train/val/test, shorter ones padded with empty cells."""
+def split_table(fold, cohort=None) -> pd.DataFrame:
+    """CLAM's ragged split form: columns train/val/test of slide ids (case ids without a cohort),
+    shorter columns padded with empty cells."""
     cols = {"train": fold.train, "val": fold.val, "test": fold.test}
+    if cohort is not None:
+        cols = {role: [s for c in ids for s in cohort.slides[c]] for role, ids in cols.items()}
     n = max(len(v) for v in cols.values())
     return pd.DataFrame({k: list(v) + [None] * (n - len(v)) for k, v in cols.items()})

@@ -1,7 +1,7 @@
 """Clinical and genomics tables (SurvPath / MCAT / PANTHER / CLAM style CSVs) read into checked frames.
 
-Rows are reported as ``data row i (line i+1)``: ``i`` counts data rows from 1, the line number counts the header
-too (what a spreadsheet shows).
+Rows are reported as ``data row i (line i+1)``: ``i`` counts data rows from 1, the line number counts the
+header too (what a spreadsheet shows).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class ClinicalTable:
     """Per-case targets and the slides of each case.
 
     ``cases``: index ``case_id``; survival: ``time`` float (> 0) and ``censorship`` int (1 = censored);
-    classification: ``label`` str; ``site`` when the table has it. ``slides``: case id -> slide ids (file stems).
+    classification: ``label`` str; ``site`` when the table has it. ``slides``: case id -> slide ids
+    (file stems).
     """
 
     cases: pd.DataFrame
@@ -75,7 +76,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise BadInputError("the table is empty", path, _TABLE_FIX) from None
     except Exception as exc:  # noqa: BLE001 - parser, codec, zip and OS errors all mean "unreadable"
         text = " ".join(str(exc).split())[:160]
-        raise BadInputError(f"cannot read this table ({type(exc).__name__}: {text})", path, _TABLE_FIX) from None
+        raise BadInputError(f"cannot read this table ({type(exc).__name__}: {text})", path,
+                            _TABLE_FIX) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 
@@ -109,8 +111,9 @@ def _binary(frame: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     values = _numbers(frame, col)
     i = _first_bad(~np.isin(values, (0.0, 1.0)))
     if i is not None:
-        raise BadInputError(f"{where(i)}, column {col!r}: value {frame[col].iloc[i]!r} is not 0 or 1", path,
-                            "Censorship/event columns must hold 0 or 1 (censorship 1 = censored, event 1 = died)")
+        raise BadInputError(f"{where(i)}, column {col!r}: value {_cell(frame, col, i)} is not 0 or 1", path,
+                            "Censorship/event columns must hold 0 or 1 "
+                            "(censorship 1 = censored, event 1 = died)")
     return values.astype(np.int64)
 
 
@@ -126,7 +129,7 @@ def _targets(frame: pd.DataFrame, path: Path, task: str, time_col: str, censorsh
     times = _numbers(frame, time_col)
     i = _first_bad(~(np.isfinite(times) & (times > 0)))
     if i is not None:
-        raise BadInputError(f"{where(i)}, column {time_col!r}: survival time {frame[time_col].iloc[i]!r} is "
+        raise BadInputError(f"{where(i)}, column {time_col!r}: survival time {_cell(frame, time_col, i)} is "
                             "missing or not a number > 0", path, "Fix or remove that row")
     cens = 1 - _binary(frame, event_col, path) if event_col else _binary(frame, censorship_col, path)
     return pd.DataFrame({"time": times, "censorship": cens})
@@ -137,15 +140,23 @@ def _check_unique_slides(slides: list[str], path: Path, has_slide_col: bool) -> 
     for i, sid in enumerate(slides):
         if sid in seen:
             fix = ("List each slide once" if has_slide_col else
-                   "Without a slide column each row is one case: make case ids unique or add a slide_id column")
-            raise BadInputError(f"slide id {sid!r} appears twice: {where(seen[sid])} and {where(i)}", path, fix)
+                   "Without a slide column each row is one case: make case ids unique or add a slide_id "
+                   "column")
+            raise BadInputError(f"slide id {sid!r} appears twice: {where(seen[sid])} and {where(i)}", path,
+                                fix)
         seen[sid] = i
+
+
+def _cell(frame: pd.DataFrame, col: str, i: int) -> str:
+    """A cell as the user wrote it, for messages (an empty cell as ``''``, not ``nan``)."""
+    value = frame[col].iloc[i]
+    return "''" if pd.isna(value) else repr(value)
 
 
 def _check_consistent(case_ids: list[str], targets: pd.DataFrame, path: Path) -> None:
     first: dict[str, int] = {}
     cols = list(targets.columns)
-    rows = list(zip(*(targets[c].tolist() for c in cols)))  # python scalars: readable reprs
+    rows = list(zip(*(targets[c].tolist() for c in cols), strict=True))  # python scalars: readable reprs
     for i, cid in enumerate(case_ids):
         j = first.setdefault(cid, i)
         diff = [k for k in range(len(cols)) if rows[i][k] != rows[j][k]]
@@ -193,7 +204,7 @@ def read_clinical(path: str | os.PathLike, task: str, *, case_col: str = "case_i
     targets.index = pd.Index(case_ids, name="case_id")
     cases = targets[~targets.index.duplicated()]
     slides: dict[str, list[str]] = {}
-    for cid, sid in zip(case_ids, slide_ids):
+    for cid, sid in zip(case_ids, slide_ids, strict=True):
         slides.setdefault(cid, []).append(sid)
     return ClinicalTable(cases, slides, task, path)
 
@@ -214,8 +225,8 @@ def read_genomics(path: str | os.PathLike, case_col: str | None = None) -> pd.Da
     dup = pd.Index(ids).duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise BadInputError(f"case id {ids[i]!r} appears twice ({where(ids.index(ids[i]))} and {where(i)})", path,
-                            "Give each case one genomics row")
+        raise BadInputError(f"case id {ids[i]!r} appears twice ({where(ids.index(ids[i]))} and {where(i)})",
+                            path, "Give each case one genomics row")
     cols = [c for c in frame.columns if c != case_col and not _UNNAMED.match(c)]
     if not cols:
         raise BadInputError("no feature columns besides the case id", path, "Add one column per gene/feature")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,7 @@ def train(**kw):
     params = model_params(kw["model"], kw)
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
+    check_model_inputs(kw["model"], cohort)
     folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"], kw["seed"])
     start = max(kw["k_start"], 0)
     end = len(folds) if kw["k_end"] < 0 else kw["k_end"]
@@ -207,10 +209,21 @@ def train(**kw):
         click.echo(f"results: {sink.path}")
 
 
+def check_model_inputs(model: str, cohort) -> None:
+    """Fail before anything is written when the model needs genomics the cohort does not have."""
+    from .registry import get_aggregator_class
+
+    if get_aggregator_class(model).uses_genomics and not cohort.has_genomics.any():
+        raise MSRLPluginError(f"model {model!r} needs genomics but no case has a genomics row",
+                              fix="pass --genomics TABLE (rows keyed by case_id), or use --model abmil")
+
+
 def split_dir_folds(cohort, split_dir: Path):
     from .adapters.clam import find_split_files, read_split_file
     from .splits import folds_from_split_tables
 
+    if not split_dir.is_dir() and (Path("splits") / split_dir).is_dir():  # CLAM resolves it under splits/
+        split_dir = Path("splits") / split_dir
     files = find_split_files(split_dir)
     return folds_from_split_tables(cohort, [read_split_file(f) for f in files], [str(f) for f in files])
 
@@ -335,9 +348,16 @@ def demo(out, models, k, seed, max_epochs):
     run_demo(out, [m.strip() for m in models.split(",") if m.strip()], k, seed, max_epochs, log=echo)
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one ``warning: ...`` line (Python's default format adds the source line)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
     args = sys.argv[1:] if argv is None else argv
+    if "--debug" not in args:
+        warnings.formatwarning = _warning_line
     try:
         cli.main(args=args, standalone_mode=False, prog_name="msrl-plugin")
     except click.exceptions.Abort:
@@ -357,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
 
+
+# commands defined in their own modules register themselves on `cli`
+from . import cli_toolkit  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

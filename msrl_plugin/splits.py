@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from .cohort import Cohort
+from .cohort import SURVIVAL, Cohort
 from .errors import BadInputError
 
 
@@ -21,20 +21,62 @@ class Fold:
     source: str = "kfold"
 
     def check(self, cohort: Cohort) -> None:
-        """No unknown ids and no case in two roles (the leakage guard every run passes through)."""
+        """No unknown ids, no case in two roles (the leakage guard every run passes through), and a training
+        set that can be fitted (events for survival, two classes for classification)."""
         known = set(cohort.case_ids)
+        fix = "Use split files made for this clinical table and these bags"
         for role in ("train", "val", "test"):
             unknown = [c for c in getattr(self, role) if c not in known]
             if unknown:
-                raise BadInputError(f"{self.source}: fold {self.k} {role} names case {unknown[0]!r} "
-                                    f"that is not in the cohort ({len(unknown)} unknown)")
+                raise BadInputError(f"{self.source}: fold {self.k} {role} names case {unknown[0]!r} that is "
+                                    f"not in the cohort ({len(unknown)} unknown; a case or slide id the "
+                                    "clinical table lacks, or a case left out for a missing/empty bag)",
+                                    fix=fix)
         for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
             both = set(getattr(self, a)) & set(getattr(self, b))
             if both:
                 raise BadInputError(f"{self.source}: fold {self.k} has case {sorted(both)[0]!r} in both "
-                                    f"{a} and {b} ({len(both)} such cases)")
+                                    f"{a} and {b} ({len(both)} such cases)",
+                                    fix="Make patient-level splits: all slides of a case in one split")
         if not self.train or not self.test:
-            raise BadInputError(f"{self.source}: fold {self.k} has an empty train or test set")
+            raise BadInputError(f"{self.source}: fold {self.k} has an empty train or test set", fix=fix)
+        if cohort.labelled:
+            self._check_trainable(cohort)
+
+    def _check_trainable(self, cohort: Cohort) -> None:
+        """A training set without events (survival) or with one class cannot be fitted: say which fold."""
+        train = cohort.subset(self.train)
+        where = f"{self.source}: fold {self.k}"
+        if cohort.task == SURVIVAL:
+            n_events = int(cohort.events().sum())
+            if train.events().sum() > 0:
+                return
+            if n_events == 0:
+                raise BadInputError(f"{where}: no events: all {len(cohort)} cases are censored",
+                                    fix="Check the censorship column (1 = censored) or pass --event-col")
+            raise BadInputError(f"{where}: its {len(train)} training cases have no events (the cohort has "
+                                f"{n_events} event(s) among {len(cohort)} cases)",
+                                fix=_fewer_folds(n_events, "event"))
+        labels = train.labels()
+        if len(np.unique(labels)) >= 2:
+            return
+        counts = np.bincount(cohort.labels(), minlength=len(cohort.class_names))
+        if (counts > 0).sum() < 2:
+            raise BadInputError(f"{where}: the cohort holds a single class "
+                                f"({cohort.class_names[labels[0]]!r})",
+                                fix="Check the label column (--label-col)")
+        rarest = int(counts[counts > 0].min())
+        raise BadInputError(f"{where}: its {len(train)} training cases hold a single class "
+                            f"({cohort.class_names[labels[0]]!r}; the rarest class has {rarest} case(s))",
+                            fix=_fewer_folds(rarest, "case of the rarest class"))
+
+
+def _fewer_folds(n: int, what: str) -> str:
+    if n < 2:
+        return (f"Use fewer folds (--k) or splits that put the cohort's only {what} in training; "
+                "one is too few to cross-validate")
+    return (f"Use fewer folds (--k {n} or less keeps at least one {what} in every training set), or splits "
+            f"whose training sets all hold one")
 
 
 def kfold_splits(cohort: Cohort, k: int = 5, seed: int = 1) -> list[Fold]:
@@ -46,15 +88,20 @@ def kfold_splits(cohort: Cohort, k: int = 5, seed: int = 1) -> list[Fold]:
     _, counts = np.unique(strata, return_counts=True)
     splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts.min() >= k
                 else KFold(k, shuffle=True, random_state=seed))
-    return [Fold(i, list(ids[tr]), list(ids[te]), source=f"{k}-fold (seed {seed})")
-            for i, (tr, te) in enumerate(splitter.split(ids, strata))]
+    folds = [Fold(i, list(ids[tr]), list(ids[te]), source=f"{k}-fold (seed {seed})")
+             for i, (tr, te) in enumerate(splitter.split(ids, strata))]
+    if cohort.labelled:
+        for fold in folds:  # every fold, before any training: a run must not fail at fold 4 of 5
+            fold._check_trainable(cohort)
+    return folds
 
 
-def folds_from_split_tables(cohort: Cohort, tables: list[dict[str, list[str]]], sources: list[str]) -> list[Fold]:
+def folds_from_split_tables(cohort: Cohort, tables: list[dict[str, list[str]]],
+                            sources: list[str]) -> list[Fold]:
     """Folds from CLAM/SurvPath split tables whose cells are case ids or slide ids."""
     slide_to_case = {s: c for c, slides in cohort.slides.items() for s in slides}
     folds = []
-    for k, (table, source) in enumerate(zip(tables, sources)):
+    for k, (table, source) in enumerate(zip(tables, sources, strict=True)):
         roles = {}
         for role in ("train", "val", "test"):
             ids = [str(x) for x in table.get(role, [])]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -198,7 +199,8 @@ class Aggregator(BaseEstimator):
         if cohort.feature_dim != self.feature_dim_:
             raise CheckpointError(f"the cohort's patch features are {cohort.feature_dim}-d but the model was "
                                   f"trained on {self.feature_dim_}-d features",
-                                  fix="use bags from the same patch encoder the model was trained on")
+                                  getattr(self, "checkpoint_path_", None),
+                                  "use bags from the same patch encoder the model was trained on")
         if self.genomics_at_test:
             missing = sorted(set(self.genomics_columns_) - set(map(str, getattr(cohort.genomics, "columns", []))))
             if missing:
@@ -258,15 +260,29 @@ class Aggregator(BaseEstimator):
         from ..registry import get_aggregator_class
 
         ckpt = read_checkpoint(path)
+        if not isinstance(ckpt.get("aggregator"), str):
+            raise CheckpointError("damaged checkpoint: it names no model", path, _DAMAGED_FIX)
         target_cls = get_aggregator_class(ckpt["aggregator"])
         if cls is not Aggregator and not issubclass(target_cls, cls):
             raise CheckpointError(f"checkpoint holds a {ckpt['aggregator']!r} model, not {cls.name!r}", path)
-        params = {k: v for k, v in json.loads(ckpt["params"]).items() if k in target_cls._get_param_names()}
+        try:
+            model = target_cls._from_checkpoint(ckpt, path, device)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
+            # a checkpoint is data: a missing key or a wrong type means a damaged file, never a crash
+            text = " ".join(str(exc).split())[:120]
+            raise CheckpointError(f"damaged or incomplete checkpoint ({type(exc).__name__}: {text})", path,
+                                  _DAMAGED_FIX) from None
+        model.checkpoint_path_ = Path(path)
+        return model
+
+    @classmethod
+    def _from_checkpoint(cls, ckpt: dict[str, Any], path: str | Path, device: str | None) -> Aggregator:
+        params = {k: v for k, v in json.loads(ckpt["params"]).items() if k in cls._get_param_names()}
         if device is not None:
             params["device"] = device
-        model = target_cls(**params)
+        model = cls(**params)
         model.task_ = task_from_state(json.loads(ckpt["task"]))
-        model.feature_dim_ = ckpt["feature_dim"]
+        model.feature_dim_ = int(ckpt["feature_dim"])
         model.genomics_columns_ = list(ckpt["genomics_columns"])
         model.scaler_ = GenomicsScaler(ckpt["genomics_mean"].numpy(), ckpt["genomics_std"].numpy())
         model.training_case_ids_ = list(ckpt["training_case_ids"])
@@ -281,6 +297,9 @@ class Aggregator(BaseEstimator):
         return model
 
 
+_DAMAGED_FIX = "re-save the model with msrl-plugin train"
+
+
 def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
     """Read a checkpoint safely: tensors and plain values only (``weights_only=True``)."""
     path = Path(path)
@@ -289,16 +308,20 @@ def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        # name the refused pickled global, not torch's advice on how to load the file unsafely
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"not a safe msrl-plugin checkpoint (refused to load: {first[:160]})", path,
+        what = f"it holds a pickled object, {refused.group(1)}" if refused else first[:160]
+        raise CheckpointError(f"not a safe msrl-plugin checkpoint (refused to load: {what})", path,
                               "only checkpoints written by msrl-plugin can be loaded; "
                               "pickled objects are never executed") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
         raise CheckpointError("not an msrl-plugin checkpoint (a CLAM/raw state_dict?)", path,
                               "pass a model.pt written by msrl-plugin train")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint version {ckpt['version']} is newer than this msrl-plugin", path,
-                              "upgrade msrl-plugin")
+    version = ckpt.get("version", 0)
+    if type(version) is not int or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint version {str(version)[:40]!r} is not one this msrl-plugin reads "
+                              f"(<= {CHECKPOINT_VERSION})", path, "upgrade msrl-plugin, or re-save the model")
     return ckpt
 
 
