@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
 from .aggregators.base import cpu_state
+from .atomic import atomic_path
 from .errors import CheckpointError
 
 PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"

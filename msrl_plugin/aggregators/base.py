@@ -143,7 +143,7 @@ class Aggregator(BaseEstimator):
     # -- resume ----------------------------------------------------------------------------------
     _training_state_path: Path | None = None
 
-    def enable_resume(self, path: str | Path) -> "Aggregator":
+    def enable_resume(self, path: str | Path) -> Aggregator:
         """Checkpoint the training state to ``path`` after each epoch and resume from it if it exists."""
         self._training_state_path = Path(path)
         return self
