@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # commands defined in their own modules register themselves on `cli`
-from . import cli_toolkit  # noqa: E402,F401
+from . import cli_compare, cli_toolkit  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

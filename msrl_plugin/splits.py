@@ -109,6 +109,8 @@ def folds_from_split_tables(cohort: Cohort, tables: list[dict[str, list[str]]],
             roles[role] = list(dict.fromkeys(mapped))  # several slides of one case -> one case
         if not roles["test"] and roles["val"]:  # SurvPath/MCAT: ",train,val" with val held out
             roles["test"], roles["val"] = roles["val"], []
+        if roles["val"] and set(roles["val"]) == set(roles["test"]):  # one held-out fold listed twice
+            roles["val"] = []
         fold = Fold(k, roles["train"], roles["test"], roles["val"], source=source)
         fold.check(cohort)
         folds.append(fold)

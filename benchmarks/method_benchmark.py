@@ -1,0 +1,265 @@
+"""The method benchmark of ``shared/benchmark.md``: does MSRL beat a strong ABMIL, and for the right reason?
+
+For every grid point (generator knobs) and seed, one semi-synthetic cohort is generated in memory and every
+method runs on its folds (site-held-out by default) with the same epoch budget (``msrl_plugin.compare``).
+Paired statistics are over (seed, fold); then the expected orderings are checked one by one.
+
+Methods, in the protocol's order (those not registered yet are skipped with a note):
+
+- ``oracle``: the teacher's true log-hazard eta itself (no fitting): the ranking of the Bayes predictor that
+  sees all 16 latent components. ``wsi_oracle``: E[eta | WSI latent], the best any WSI-only model can do.
+- ``fusion`` (late fusion, WSI + genomics at test), ``msrl_multi``, ``msrl`` (WSI-only inference),
+  ``recon_fusion`` and ``cvae_fusion`` (generated genomics), ``msrl_knn_cosine`` (static graph), ``abmil``.
+- ``genomics_cox``: genomics-only reference, ridge Cox on 10 PCA components of the training genomics.
+- ``msrl_shuffled_buffer``: the fitted ``msrl`` of the same fold with its buffer's genomic half permuted
+  across rows before predicting (control: a real win must vanish).
+
+Usage::
+
+    python benchmarks/method_benchmark.py --tier test              # ~8 CPU-minutes (2 cores), machinery only
+    python benchmarks/method_benchmark.py --tier full --out bench   # every grid point, fresh seeds 100-109
+    python benchmarks/method_benchmark.py --tier full --default-only --out bench_default  # the closing table
+
+MSRL's GSL pre-training epochs come on top of the shared fine-tuning budget (it is part of the method);
+every other setting is the model's default, identical across grid points.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from msrl_plugin import stats
+from msrl_plugin.atomic import write_csv, write_json
+from msrl_plugin.cohort import Cohort
+from msrl_plugin.compare import ComparisonResult, compare_models, merge_results, variant_of
+from msrl_plugin.registry import list_aggregators
+from msrl_plugin.splits import Fold
+from msrl_plugin.synth import CohortConfig, SynthCohort, generate_cohort
+
+ORDER = ["oracle", "wsi_oracle", "fusion", "msrl_multi", "genomics_cox", "msrl", "recon_fusion",
+         "cvae_fusion", "msrl_knn_cosine", "abmil", "msrl_shuffled_buffer"]
+EXTERNAL = ("oracle", "wsi_oracle", "genomics_cox")
+MSRL_FAMILY = ("msrl", "msrl_multi", "msrl_knn_cosine", "msrl_knn_euclidean", "msrl_h", "msrl_random_gsl")
+
+#: (relation, A, B, what it tests); relations: ">" A beats B, ">=" A not worse than B, "~" A ties B
+ORDERINGS = [
+    (">=", "oracle", "msrl_multi", "nothing beats the true risk"),
+    (">=", "msrl_multi", "msrl", "genomics at test time help (more with w_hidden)"),
+    (">=", "fusion", "msrl", "late fusion with real genomics is an upper reference"),
+    (">", "msrl", "abmil", "MSRL (WSI-only inference) beats a strong ABMIL: the claim"),
+    (">=", "msrl", "recon_fusion", "real buffer >= generated genomics (G-HANet-style)"),
+    (">=", "msrl", "cvae_fusion", "real buffer >= generated genomics (LD-CVAE-style)"),
+    (">=", "msrl", "msrl_knn_cosine", "learned graph >= static kNN graph"),
+    (">", "msrl", "msrl_shuffled_buffer", "shuffling the buffer's genomics hurts MSRL"),
+    ("~", "msrl_shuffled_buffer", "abmil", "shuffled buffer drops MSRL to ABMIL level"),
+]
+
+TIERS: dict[str, dict[str, Any]] = {
+    # the test tier checks the machinery (minutes on 2 cores); its numbers are not evidence
+    "test": {"base": lambda **kw: CohortConfig.test_tier(**{"n_cases": 96, "bag_max": 64, **kw}),
+             "grid": [{}, {"rho": 0.0}], "seeds": [0, 1],
+             "budget": {"max_epochs": 5}, "msrl": {"pretrain_epochs": 5, "embed_dim": 64}},
+    "full": {"base": CohortConfig.benchmark_tier,
+             "grid": [{}, {"rho": 0.0}, {"n_cases": 200}, {"n_cases": 800}, {"w_hidden": 2.0},
+                      {"sigma_site": 1.5}, {"genomics_distribution": "gaussian_surrogate"}],
+             "seeds": list(range(100, 110)), "budget": {"max_epochs": 20}, "msrl": {}},
+}
+
+
+# -- external (non-registered) methods ---------------------------------------------------------
+def truth_model(synth: SynthCohort, column: str) -> Callable[[Cohort, Cohort, int], pd.DataFrame]:
+    """The generator's own risk (``eta`` or ``eta_wsi``) for the test cases: a ranking, not a fitted model."""
+    series = getattr(synth.truth, column)
+
+    def predict(train: Cohort, test: Cohort, seed: int) -> pd.DataFrame:
+        return pd.DataFrame({"risk": series.loc[test.case_ids].to_numpy()},
+                            index=pd.Index(test.case_ids, name="case_id"))
+
+    return predict
+
+
+def genomics_cox(train: Cohort, test: Cohort, seed: int, n_components: int = 10,
+                 penalizer: float = 0.1) -> pd.DataFrame:
+    """Genomics-only ridge Cox on PCA components (training cases with genomics only; others: median risk)."""
+    from lifelines import CoxPHFitter
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    x, has = train.genomics_matrix()
+    scaler = StandardScaler().fit(x[has])
+    x_train = scaler.transform(x[has])
+    pca = PCA(min(n_components, x.shape[1], int(has.sum()) - 1), random_state=seed).fit(x_train)
+    cols = [f"pc{j}" for j in range(pca.n_components_)]
+    frame = pd.DataFrame(pca.transform(x_train), columns=cols)
+    frame["time"], frame["event"] = train.times()[has], train.events()[has]
+    cph = CoxPHFitter(penalizer=penalizer).fit(frame, "time", "event")
+    xt, has_t = test.genomics_matrix()
+    risk = np.full(len(test), np.nan)
+    if has_t.any():
+        z = pd.DataFrame(pca.transform(scaler.transform(xt[has_t])), columns=cols)
+        risk[has_t] = cph.predict_log_partial_hazard(z).to_numpy()
+    risk[~has_t] = np.nanmedian(risk) if has_t.any() else 0.0
+    return pd.DataFrame({"risk": risk}, index=pd.Index(test.case_ids, name="case_id"))
+
+
+# -- running -----------------------------------------------------------------------------------
+def available_methods(requested: list[str], log=print) -> list[str]:
+    registered = set(list_aggregators())
+    keep = []
+    for name in requested:
+        base = (variant_of(name) or (name,))[0]
+        if name in EXTERNAL or base in registered:
+            keep.append(name)
+        else:
+            log(f"note: {name!r} is not registered in this install; skipped")
+    return keep
+
+
+def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int], methods: list[str],
+                   n_boot: int, log=print) -> ComparisonResult:
+    config = tier["base"](**knobs)
+    registered = [m for m in methods if m not in EXTERNAL]
+    params = {(variant_of(m) or (m,))[0]: dict(tier["msrl"]) for m in registered
+              if (variant_of(m) or (m,))[0] in MSRL_FAMILY}
+    results = []
+    for seed in seeds:
+        synth = generate_cohort(config, seed)
+        cohort = synth.to_cohort()
+        folds = [Fold(k, list(tr), list(te), source=f"generator folds (seed {seed})")
+                 for k, (tr, te) in enumerate(synth.folds)]
+        external = {"oracle": truth_model(synth, "eta"), "wsi_oracle": truth_model(synth, "eta_wsi"),
+                    "genomics_cox": genomics_cox}
+        external = {k: v for k, v in external.items() if k in methods}
+        log(f"  seed {seed}: {synth} (oracle {synth.truth.oracle_cindex:.3f}, "
+            f"WSI oracle {synth.truth.wsi_oracle_cindex:.3f})")
+        results.append(compare_models(cohort, registered, folds, [seed], params, "abmil", tier["budget"],
+                                      external=external, n_boot=n_boot, log=lambda _m: None))
+    merged = merge_results(results)
+    merged.models = [m for m in ORDER if m in merged.models] + [m for m in merged.models if m not in ORDER]
+    merged.config = {**merged.config, "knobs": config.to_dict(), "seeds": seeds}
+    return merged
+
+
+def wsi_only(method: str) -> bool:
+    """True for methods that predict from the WSI alone (the rho = 0 control applies to them)."""
+    if method in EXTERNAL:
+        return method == "wsi_oracle"
+    from msrl_plugin.registry import get_aggregator_class
+
+    return not get_aggregator_class((variant_of(method) or (method,))[0]).genomics_at_test
+
+
+def check_orderings(result: ComparisonResult, rho: float, n_boot: int,
+                    metric: str = "c_index") -> pd.DataFrame:
+    """One row per expected ordering whose two methods ran: the paired difference and a verdict."""
+    rows = []
+    per_fold = result.per_fold
+    for relation, a, b, meaning in ORDERINGS:
+        if a not in result.models or b not in result.models:
+            continue
+        diffs = stats.paired_differences(per_fold, b, metric)
+        d = diffs.loc[diffs["model"] == a, "diff"].to_numpy(float)
+        lo, hi = stats.bootstrap_ci(d, n_boot)
+        mean = float(d.mean()) if d.size else float("nan")
+        if relation == ">":
+            verdict = "held" if lo > 0 else ("trend only" if mean > 0 else "did not hold")
+        elif relation == ">=":
+            verdict = "held" if mean >= 0 else ("not contradicted" if hi >= 0 else "did not hold")
+        else:
+            verdict = "held" if lo <= 0 <= hi else "did not hold"
+        rows.append({"ordering": f"{a} {relation} {b}", "tests": meaning, "mean_diff": mean, "ci_low": lo,
+                     "ci_high": hi, "wilcoxon_p": stats.wilcoxon_p(d), "n_pairs": int(d.size),
+                     "verdict": verdict})
+    if rho == 0.0:  # negative control: every WSI-inference method at chance (0.5 +- 2 SE)
+        for model in result.models:
+            if not wsi_only(model):
+                continue
+            v = per_fold.loc[per_fold["model"] == model, metric].to_numpy(float)
+            se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+            ok = abs(v.mean() - 0.5) <= 2 * se if np.isfinite(se) else False
+            rows.append({"ordering": f"{model} ~ 0.5 at rho=0", "tests": "no leakage (negative control)",
+                         "mean_diff": float(v.mean() - 0.5), "ci_low": float(v.mean() - 2 * se - 0.5),
+                         "ci_high": float(v.mean() + 2 * se - 0.5), "wilcoxon_p": float("nan"),
+                         "n_pairs": len(v), "verdict": "held" if ok else "did not hold"})
+    return pd.DataFrame(rows)
+
+
+def ordering_table(result: ComparisonResult) -> pd.DataFrame:
+    """Methods in protocol order: c-index mean +- sd and the paired difference vs ABMIL."""
+    summary = result.summary()
+    paired = result.paired()
+    paired = paired[paired["metric"] == "c_index"].set_index("model")
+    rows = []
+    for model in result.models:
+        row = {"method": model, "c_index": stats.format_mean_sd(summary.loc[model, "c_index_mean"],
+                                                                summary.loc[model, "c_index_sd"])}
+        if model in paired.index:
+            p = paired.loc[model]
+            row.update({"diff_vs_abmil": f"{p['mean_diff']:+.3f}",
+                        "95% CI": f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]",
+                        "wilcoxon_p": f"{p['wilcoxon_p']:.3g}", "win_rate": f"{p['win_rate']:.2f}"})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method").fillna("")
+
+
+def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | None = None,
+        grid: list[dict[str, Any]] | None = None, n_boot: int = 5000, out: Path | None = None,
+        log=print) -> dict[str, Any]:
+    tier = TIERS[tier_name]
+    seeds = list(tier["seeds"] if seeds is None else seeds)
+    grid = tier["grid"] if grid is None else grid
+    methods = available_methods(methods or ORDER, log)
+    all_folds, all_orderings = [], []
+    for knobs in grid:
+        label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "default knobs"
+        log(f"\n== {tier_name} tier, {label}: {len(seeds)} seed(s) ==")
+        result = run_grid_point(knobs, tier, seeds, methods, n_boot, log)
+        log(ordering_table(result).to_string())
+        orderings = check_orderings(result, result.config["knobs"]["rho"], n_boot)
+        if not orderings.empty:
+            log("\nexpected orderings (paired over seed x fold, c-index):")
+            log(orderings.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+        all_folds.append(result.per_fold.assign(grid=label))
+        all_orderings.append(orderings.assign(grid=label))
+    per_fold = pd.concat(all_folds, ignore_index=True)
+    orderings = pd.concat(all_orderings, ignore_index=True)
+    if out is not None:
+        write_csv(Path(out) / "per_fold.csv", per_fold)
+        write_csv(Path(out) / "orderings.csv", orderings)
+        write_json(Path(out) / "benchmark_config.json", {
+            "tier": tier_name, "seeds": seeds, "grid": grid, "methods": methods, "budget": tier["budget"],
+            "msrl_params": tier["msrl"], "n_boot": n_boot, "oracle": "true teacher eta (no fitting)"})
+        log(f"\nwrote {out}")
+    return {"per_fold": per_fold, "orderings": orderings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=sorted(TIERS), default="test")
+    parser.add_argument("--seeds", default=None, help="comma-separated (default: the tier's)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ORDER)}")
+    parser.add_argument("--set", dest="knobs", action="append", default=[], metavar="KEY=VALUE",
+                        help="run one grid point with these knobs instead of the tier's grid (repeatable)")
+    parser.add_argument("--default-only", action="store_true", help="only the default-knob grid point")
+    parser.add_argument("--n-boot", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    grid = [{}] if args.default_only else None
+    if args.knobs:
+        from msrl_plugin.cli_compare import parse_value
+
+        grid = [{k: parse_value(v) for k, _, v in (item.partition("=") for item in args.knobs)}]
+    run(args.tier, seeds, methods, grid, args.n_boot, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""compare_models, the shuffled-buffer control, the extra survival metrics and the HTML report."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _cohorts import easy_classification_cohort, easy_survival_cohort
+
+from msrl_plugin import metrics_extra
+from msrl_plugin.compare import ComparisonResult, compare_models, resolve_params, shuffle_buffer_genomics
+from msrl_plugin.errors import MSRLPluginError
+from msrl_plugin.report import km_figure, report_figures, write_report
+
+MSRL_FAST = {"pretrain_epochs": 0, "embed_dim": 16, "buffer_size": 32}
+MODELS = ["abmil", "msrl_random_gsl", "msrl_random_gsl:shuffled_buffer"]
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return easy_survival_cohort(n=36, dim=8, seed=1, genomics_dim=4, missing_genomics=0.2)
+
+
+@pytest.fixture(scope="module")
+def compared(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    params = {"msrl_random_gsl": MSRL_FAST, "abmil": {"hidden_dim": 32, "attn_dim": 16}}
+    result = compare_models(cohort, MODELS, 2, [0], params, budget={"max_epochs": 2}, n_boot=500, out_dir=out,
+                            log=lambda m: None)
+    return result, out
+
+
+def test_identical_folds_and_budget_across_models(compared, cohort):
+    result, _ = compared
+    assignments = {m: result.predictions[(m, 0)]["fold"].sort_index() for m in MODELS}
+    for m in MODELS[1:]:
+        pd.testing.assert_series_equal(assignments[m], assignments["abmil"])
+    assert sorted(assignments["abmil"].index) == sorted(cohort.case_ids)  # out-of-fold: every case once
+    assert all(p["max_epochs"] == 2 for p in result.config["params"].values())
+    assert result.config["selection_rule"].startswith("fixed epoch budget")
+    for m in ("abmil", "msrl_random_gsl"):
+        assert result.examples[m].model.max_epochs == 2 and result.examples[m].model.seed == 0
+
+
+def test_tables_have_the_expected_shapes(compared):
+    result, _ = compared
+    metrics = result.metrics()
+    assert metrics[0] == "c_index"
+    extras = {"c_index_ipcw", "ibs", "td_auc"}
+    assert extras <= set(metrics) or not metrics_extra.sksurv_available()
+    assert len(result.per_fold) == len(MODELS) * 2
+    assert list(result.summary().index) == MODELS
+    paired = result.paired()
+    assert len(paired) == (len(MODELS) - 1) * len(metrics)
+    assert set(paired["model"]) == set(MODELS[1:])
+    table = result.table()
+    assert table.loc["abmil", "diff_c_index"] == "reference"
+    assert "+-" in table.loc["msrl_random_gsl", "c_index"]
+    assert "wilcoxon" in result.format() or "wilcoxon_p" in result.format()
+
+
+def test_files_written(compared):
+    _, out = compared
+    for name in ("comparison.csv", "paired.csv", "per_fold.csv", "compare_config.json"):
+        assert (out / name).is_file()
+    for stem in ("abmil", "msrl_random_gsl", "msrl_random_gsl-shuffled_buffer"):
+        frame = pd.read_csv(out / "predictions" / f"{stem}_seed0.csv", index_col="case_id")
+        assert {"fold", "seed", "risk", "time", "censorship"} <= set(frame.columns)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_report_html_links_existing_pngs_and_every_axis_is_labelled(compared, cohort):
+    result, out = compared
+    path = write_report(result, cohort, out)
+    text = path.read_text()
+    links = re.findall(r"<img src='([^']+)'", text)
+    assert len(links) >= 4 and all((out / link).is_file() for link in links)
+    assert "http" not in text and "<script" not in text  # opens offline
+    figs, notes = report_figures(result, cohort)
+    assert {"metric", "kaplan_meier", "attention", "borrowing"} <= set(figs)
+    assert not notes
+    for name, fig in figs.items():
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            if hasattr(ax, "_colorbar"):
+                assert ax.get_ylabel() or ax.get_xlabel(), f"{name}: unlabelled colorbar"
+                continue
+            assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axis"
+            assert ax.get_title(), f"{name}: no title"
+
+
+def test_km_figure_survives_a_single_risk_group(compared):
+    result, _ = compared
+    flat = {k: v.assign(risk=1.0) for k, v in result.predictions.items()}
+    same = ComparisonResult(result.task, result.models, result.reference, result.per_fold, flat,
+                            result.config)
+    fig = km_figure(same)
+    assert "one risk group" in fig.axes[0].get_title()
+
+
+def test_shuffled_buffer_permutes_only_the_genomic_half(compared):
+    result, _ = compared
+    model = result.examples["msrl_random_gsl"].model
+    before = model.model_.buffer.features.clone()
+    shuffled = shuffle_buffer_genomics(model, seed=3)
+    after = shuffled.model_.buffer.features
+    d, valid = model.embed_dim, model.model_.buffer.valid
+    assert torch.equal(model.model_.buffer.features, before)  # the fitted model is untouched
+    assert torch.equal(after[:, d:], before[:, d:])  # WSI half unchanged
+    rows_b, rows_a = before[valid, :d], after[valid, :d]
+    assert not torch.equal(rows_a, rows_b)
+    # the same rows, permuted, and no row keeps its own genomics
+    assert torch.allclose(rows_a.sum(0), rows_b.sum(0), atol=1e-5)
+    assert not torch.isclose(rows_a, rows_b).all(dim=1).any()
+    with pytest.raises(MSRLPluginError, match="buffer"):
+        shuffle_buffer_genomics(result.examples["abmil"].model)
+
+
+def test_classification_comparison_and_roc(tmp_path):
+    cohort = easy_classification_cohort(n=30, dim=8)
+    result = compare_models(cohort, ["abmil", "msrl_h"], 2, [0],
+                            {"msrl_h": {"pretrain_epochs": 0, "embed_dim": 16}, "abmil": {"hidden_dim": 32}},
+                            budget={"max_epochs": 1}, n_boot=200, log=lambda m: None)
+    assert {"auc", "balanced_accuracy"} <= set(result.metrics())
+    figs, _ = report_figures(result, cohort)
+    assert "roc" in figs and figs["roc"].axes[0].get_xlabel() == "false positive rate"
+    assert (write_report(result, cohort, tmp_path)).is_file()
+
+
+def test_bad_requests_are_clear_errors(cohort):
+    with pytest.raises(MSRLPluginError, match="reference"):
+        compare_models(cohort, ["msrl", "msrl_h"], 2, [0], log=lambda m: None)
+    with pytest.raises(MSRLPluginError, match="same budget"):
+        resolve_params(["abmil", "msrl"], {"abmil": {"max_epochs": 3}}, {"max_epochs": 2})
+    with pytest.raises(MSRLPluginError, match="unknown model variant"):
+        compare_models(cohort, ["abmil", "msrl:nope"], 2, [0], log=lambda m: None)
+    assert resolve_params(["abmil", "msrl:shuffled_buffer"], None, {"max_epochs": 4}) == {
+        "abmil": {"max_epochs": 4}, "msrl": {"max_epochs": 4}}
+
+
+@pytest.mark.skipif(not metrics_extra.sksurv_available(), reason="scikit-survival not installed")
+def test_survival_extras_rank_good_predictions_above_shuffled_ones():
+    rng = np.random.default_rng(0)
+    n = 160
+    eta = rng.normal(size=n)
+    t = 20 * np.exp(-eta + 0.3 * rng.normal(size=n))
+    e = (rng.random(n) < 0.6).astype(int)
+    edges = np.quantile(t[:100][e[:100] == 1], [0, 0.25, 0.5, 0.75, 1.0])
+    surv = np.exp(-np.exp(eta[100:, None]) * np.array([[0.1, 0.3, 0.6, 1.0]]))
+    good = pd.DataFrame(surv, columns=[f"survival_bin{j}" for j in range(4)])
+    good.insert(0, "risk", -surv.sum(1))
+    bad = good.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    g = metrics_extra.survival_extras(t[:100], e[:100], t[100:], e[100:], good, edges)
+    b = metrics_extra.survival_extras(t[:100], e[:100], t[100:], e[100:], bad, edges)
+    assert set(g) == set(metrics_extra.EXTRA_SURVIVAL_METRICS)
+    assert g["c_index_ipcw"] > 0.75 > b["c_index_ipcw"]
+    assert g["td_auc"] > b["td_auc"] and g["ibs"] < b["ibs"]
+    none = metrics_extra.survival_extras(t[:100], e[:100], t[100:], np.zeros(60), good, edges)
+    assert all(np.isnan(v) for v in none.values())  # no test events: NaN, not an exception
+    only_ipcw = metrics_extra.survival_extras(t[:100], e[:100], t[100:], e[100:], good[["risk"]], None)
+    assert np.isfinite(only_ipcw["c_index_ipcw"]) and np.isnan(only_ipcw["ibs"])
+
+
+def test_survival_extras_absent_without_sksurv(monkeypatch):
+    monkeypatch.setattr(metrics_extra, "sksurv_available", lambda: False)
+    frame = pd.DataFrame({"risk": [0.1, 0.2]})
+    assert metrics_extra.survival_extras([1, 2], [1, 1], [1, 2], [1, 0], frame, [0, 1, 2]) == {}
+
+
+def test_from_cv_results_rescores_finished_cross_validation(cohort):
+    from msrl_plugin.compare import from_cv_results
+    from msrl_plugin.experiment import cross_validate
+    from msrl_plugin.splits import kfold_splits
+
+    folds = kfold_splits(cohort, 2, 0)
+    params = {"max_epochs": 1, "hidden_dim": 16, "attn_dim": 8, "seed": 0}
+    runs = {name: cross_validate(cohort, folds, "abmil", {**params, "lr": lr}, log=lambda m: None)
+            for name, lr in (("abmil", 2e-4), ("abmil_fast", 1e-2))}
+    result = from_cv_results(cohort, folds, runs, seed=0, reference="abmil")
+    assert len(result.per_fold) == 4 and result.models == ["abmil", "abmil_fast"]
+    expected = runs["abmil_fast"].fold_metrics["test_c_index"].to_numpy()
+    got = result.per_fold.loc[result.per_fold["model"] == "abmil_fast", "c_index"].to_numpy()
+    assert np.allclose(got, expected)
+    assert len(result.paired()) >= 1 and not result.examples
+    if metrics_extra.sksurv_available():  # bins refitted on each fold's training cases without a model
+        assert result.per_fold["ibs"].notna().all()
+
+
+def test_benchmark_ordering_verdicts():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "method_benchmark.py"
+    spec = importlib.util.spec_from_file_location("method_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(4):
+        for fold in range(4):
+            base = 0.6 + 0.02 * rng.normal()
+            for model, shift in (("abmil", 0.0), ("msrl", 0.05), ("msrl_shuffled_buffer", 0.0),
+                                 ("msrl_knn_cosine", -0.08)):
+                rows.append({"model": model, "seed": seed, "fold": fold, "c_index": base + shift})
+    models = ["msrl", "msrl_knn_cosine", "abmil", "msrl_shuffled_buffer"]
+    result = ComparisonResult("survival", models, "abmil", pd.DataFrame(rows), {}, {})
+    verdicts = bench.check_orderings(result, rho=0.8, n_boot=500).set_index("ordering")["verdict"]
+    assert verdicts["msrl > abmil"] == "held"
+    assert verdicts["msrl >= msrl_knn_cosine"] == "held"
+    assert verdicts["msrl_shuffled_buffer ~ abmil"] == "held"
+    assert "oracle >= msrl_multi" not in verdicts  # methods that did not run are not judged
+    at_chance = bench.check_orderings(result, rho=0.0, n_boot=500).set_index("ordering")["verdict"]
+    assert at_chance["msrl ~ 0.5 at rho=0"] == "did not hold"  # 0.65 at rho = 0 would be leakage
