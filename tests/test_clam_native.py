@@ -15,14 +15,6 @@ from msrl_plugin.cli import main
 CLAM_SUMMARY = ["folds", "test_auc", "val_auc", "test_acc", "val_acc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def clam_project(tmp_path, kit):

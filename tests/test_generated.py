@@ -16,15 +16,6 @@ GENERATED = ["recon_fusion", "cvae_fusion"]
 SMALL = dict(hidden_dim=32, attn_dim=16, omic_dim=32, decoder_dim=32, max_epochs=3, lr=1e-3, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: extra threads only add contention on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cohort() -> Cohort:
     return easy_survival_cohort(n=60, genomics_dim=8, missing_genomics=0.2)

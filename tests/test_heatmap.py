@@ -25,14 +25,6 @@ from msrl_plugin.heatmap import (
 ATTRS = {"patch_size_level0": 512.0, "level0_width": 5120, "level0_height": 3072, "name": "s", "overlap": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(dim: int):
     rng = np.random.default_rng(1)

@@ -23,15 +23,6 @@ def complete_ids(cohort: Cohort) -> list[str]:
     return [c for c, h in zip(cohort.case_ids, cohort.has_genomics, strict=True) if h]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: extra threads only add contention on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cohort() -> Cohort:
     return easy_survival_cohort(n=60, genomics_dim=8, missing_genomics=0.2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from _cohorts import easy_classification_cohort, easy_survival_cohort
 from sklearn.base import clone, is_classifier
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -26,14 +25,6 @@ from msrl_plugin.survival import concordance_index
 TINY_ABMIL = {"max_epochs": 2, "hidden_dim": 16, "attn_dim": 8, "lr": 5e-3, "device": "cpu"}
 TINY_MSRL = {"max_epochs": 1, "pretrain_epochs": 1, "embed_dim": 8, "buffer_size": 8, "k": 3, "device": "cpu"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

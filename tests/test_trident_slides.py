@@ -35,14 +35,6 @@ CDIR = "20x_256px_0px_overlap"
 GENUINE = f"trident/job/{CDIR}/slide_features_mean-uni_v1"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(dim: int, path: Path | None = None):
     rng = np.random.default_rng(0)
