@@ -122,3 +122,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(demo_dir, tmp_path):
     a = pd.read_csv(reference / "msrl_s3" / "split_0_results.csv")
     b = pd.read_csv(crashed / "msrl_s3" / "split_0_results.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+VARIANTS = ["msrl_h", "msrl_multi", "msrl_knn_euclidean", "msrl_knn_cosine", "msrl_random_gsl", "msrl_online_buffer",
+            "snn", "fusion", "recon_fusion", "cvae_fusion"]
+
+
+@pytest.mark.parametrize("model", VARIANTS)
+def test_every_registered_variant_runs_from_the_cli_with_the_abmil_layout(demo_dir, tmp_path, model):
+    extra = ["--param", "pretrain_epochs=1", "--param", "embed_dim=16"] if model.startswith("msrl") else []
+    assert run(["-q", "train", "--model", model, *cohort_args(demo_dir), "--k", "2", "--max_epochs", "1", *extra,
+                "--results_dir", str(tmp_path)]) == 0
+    names = {p.name for p in (tmp_path / f"{model}_s1").iterdir()}
+    assert {"summary.csv", "config.json", "s_0_checkpoint.pt", "s_1_checkpoint.pt", "split_0_results.csv",
+            "split_1_results.csv", "splits_0.csv", "splits_1.csv"} <= names
