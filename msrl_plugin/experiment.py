@@ -61,7 +61,9 @@ def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any]
     if fold.val:
         val = cohort.subset(fold.val)
         metrics.update({f"val_{k}": v for k, v in model.evaluate(val).items()})
-    extra = {"fit_seconds": fit_seconds, "epoch_seconds": fit_seconds / max(1, len(model.history_)),
+    pretrain_seconds = getattr(model, "pretrain_seconds_", 0.0)
+    extra = {"fit_seconds": fit_seconds, "pretrain_seconds": pretrain_seconds,
+             "epoch_seconds": (fit_seconds - pretrain_seconds) / max(1, len(model.history_)),
              "n_train": len(fold.train), "n_test": len(fold.test)}
     return model, predictions, metrics, extra
 

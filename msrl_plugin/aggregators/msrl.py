@@ -5,6 +5,7 @@ Variants and ablations (method.md §6) are subclasses that change one class attr
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pandas as pd
@@ -110,7 +111,9 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                                     self.maskfeat_rate_learner, self.maskfeat_rate_anchor, self.anchor_tau,
                                     self.anchor_init, self.temperature, self.max_patches)
         show = self.verbose if progress is None else progress
+        start = time.perf_counter()
         self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show)
+        self.pretrain_seconds_ = time.perf_counter() - start
         return model
 
     def _load_pretrained(self) -> GSLPretrainModel:
