@@ -147,11 +147,17 @@ def echo(msg: str = "") -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print results and errors.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (default: torch's choice; 1 is often faster on a shared machine).")
 @click.version_option(package_name="msrl-plugin")
 @click.pass_context
-def cli(ctx, debug, quiet):
+def cli(ctx, debug, quiet, threads):
     """MSRL and ABMIL slide aggregators for TRIDENT/CLAM patch features."""
     ctx.obj = {"debug": debug, "quiet": quiet}
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @cli.command()
