@@ -15,6 +15,7 @@ from ..errors import BadInputError
 from .bags import EMPTY_FIX, FileBagSource, inspect_bag, read_bag
 from .clam import read_clam_dataset_csv
 from .layouts import BagIndex, find_bags
+from .packed_cache import build_or_update_packed_cache
 from .tables import ClinicalTable, read_clinical, read_genomics, read_table, strip_slide_extension
 
 ON_EMPTY = ("error", "skip")
@@ -127,11 +128,19 @@ def _match_genomics(genomics: PathLike | pd.DataFrame | None, table: ClinicalTab
     return frame[known]
 
 
+def bag_source(files: dict, cache_bytes: int, cache_dir: PathLike | None, cache_float16: bool):
+    """Bags read from their own files (LRU cache of ``cache_bytes``) or through a packed cache in ``cache_dir``."""
+    if cache_dir is None:
+        return FileBagSource(files, cache_bytes)
+    return build_or_update_packed_cache(files, cache_dir, float16=cache_float16)
+
+
 def load_cohort(features: PathLike | BagIndex, clinical: PathLike | ClinicalTable, task: str,
                 genomics: PathLike | pd.DataFrame | None = None, *, patch_encoder: str | None = None,
                 mag: float | None = None, patch_size: int | None = None, overlap: int | None = None,
                 on_empty: str = "error", on_missing_bag: str = "error", genomics_case_col: str | None = None,
                 class_names: Sequence[str] | None = None, cache_bytes: int = 2**30,
+                cache_dir: PathLike | None = None, cache_float16: bool = False,
                 **clinical_kwargs: Any) -> Cohort:
     """A :class:`Cohort` from a features folder (any layout :func:`find_bags` accepts) and tables.
 
@@ -150,7 +159,8 @@ def load_cohort(features: PathLike | BagIndex, clinical: PathLike | ClinicalTabl
         raise BadInputError(f"the clinical table was read for {table.task}, not {task}", table.path)
     slides = _attach_bags(table, index, on_empty, on_missing_bag)
     genomics_frame = _match_genomics(genomics, table, genomics_case_col)
-    bags = FileBagSource({s: index.files[s] for ss in slides.values() for s in ss}, cache_bytes)
+    bags = bag_source({s: index.files[s] for ss in slides.values() for s in ss}, cache_bytes, cache_dir,
+                      cache_float16)
     return Cohort(table.cases.loc[list(slides)], slides, bags, task, genomics_frame, class_names)
 
 
@@ -165,7 +175,8 @@ def load_clam_cohort(data_root_dir: PathLike, csv_path: PathLike, *, label_col: 
 def load_unlabelled_cohort(features: PathLike, task: str, clinical: PathLike | None = None,
                            genomics: PathLike | None = None, *, patch_encoder: str | None = None,
                            case_col: str = "case_id", slide_col: str = "slide_id", on_empty: str = "error",
-                           cache_bytes: int = 2**30) -> Cohort:
+                           cache_bytes: int = 2**30, cache_dir: PathLike | None = None,
+                           cache_float16: bool = False) -> Cohort:
     """A cohort to *predict*: no targets needed. Without a clinical table every bag is its own case;
     with one, only its ``case_id``/``slide_id`` columns are read (several slides of a case are concatenated).
     """
@@ -186,5 +197,6 @@ def load_unlabelled_cohort(features: PathLike, task: str, clinical: PathLike | N
                           None if clinical is None else Path(clinical))
     attached = _attach_bags(table, index, on_empty, "error")
     genomics_frame = _match_genomics(genomics, table, None)
-    bags = FileBagSource({s: index.files[s] for ss in attached.values() for s in ss}, cache_bytes)
+    bags = bag_source({s: index.files[s] for ss in attached.values() for s in ss}, cache_bytes, cache_dir,
+                      cache_float16)
     return Cohort(table.cases.loc[list(attached)], attached, bags, task, genomics_frame, labelled=False)

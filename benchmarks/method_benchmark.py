@@ -17,6 +17,7 @@ Methods, in the protocol's order (those not registered yet are skipped with a no
 Usage::
 
     python benchmarks/method_benchmark.py --tier test              # ~8 CPU-minutes (2 cores), machinery only
+    python benchmarks/method_benchmark.py --tier small --default-only --out bench_small  # 120 cases, 10 seeds
     python benchmarks/method_benchmark.py --tier full --out bench   # every grid point, fresh seeds 100-109
     python benchmarks/method_benchmark.py --tier full --default-only --out bench_default  # the closing table
 
@@ -65,6 +66,9 @@ TIERS: dict[str, dict[str, Any]] = {
     "test": {"base": lambda **kw: CohortConfig.test_tier(**{"n_cases": 96, "bag_max": 64, **kw}),
              "grid": [{}, {"rho": 0.0}], "seeds": [0, 1],
              "budget": {"max_epochs": 5}, "msrl": {"pretrain_epochs": 5, "embed_dim": 64}},
+    # small cohorts with the full budget: evidence at 120 cases (fresh seeds), affordable on 2 cores
+    "small": {"base": CohortConfig.test_tier, "grid": [{}, {"rho": 0.0}], "seeds": list(range(100, 110)),
+              "budget": {"max_epochs": 20}, "msrl": {"pretrain_epochs": 30, "embed_dim": 64}},
     "full": {"base": CohortConfig.benchmark_tier,
              "grid": [{}, {"rho": 0.0}, {"n_cases": 200}, {"n_cases": 800}, {"w_hidden": 2.0},
                       {"sigma_site": 1.5}, {"genomics_distribution": "gaussian_surrogate"}],

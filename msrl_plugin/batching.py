@@ -1,6 +1,7 @@
 """Training data held as tensors, and mini-batches of variable-size bags (padding + mask)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ class CaseData:
     """Everything a model needs about a list of cases, aligned by position."""
 
     case_ids: list[str]
-    bags: list[torch.Tensor]                      # each (N_i, D) float32
+    bags: Sequence[torch.Tensor]                  # each (N_i, D) float32, read on access
     genomics: torch.Tensor                        # (n, G) float32, standardised, zeros where missing
     has_genomics: torch.Tensor                    # (n,) bool
     targets: dict[str, torch.Tensor]              # per-case task targets
@@ -44,10 +45,28 @@ class CaseData:
         return len(self.case_ids)
 
 
+class LazyBags(Sequence):
+    """The cases' bags, read through the cohort's bag source when a batch needs them.
+
+    Memory stays bounded by the source (an LRU byte budget, or a packed cache read one bag at a time), so
+    cohorts larger than RAM train; in-memory sources cost nothing extra.
+    """
+
+    def __init__(self, cohort: Cohort):
+        self.cohort = cohort
+        self.case_ids = cohort.case_ids
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        features = self.cohort.load_bag(self.case_ids[i]).features
+        return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+
+
 def load_case_data(cohort: Cohort, scaler: GenomicsScaler | None, targets: dict[str, torch.Tensor] | None,
                    genomics_columns: list[str] | None = None) -> CaseData:
-    bags = [torch.from_numpy(np.ascontiguousarray(cohort.load_bag(c).features, dtype=np.float32))
-            for c in cohort.case_ids]
+    bags = LazyBags(cohort)
     if genomics_columns and cohort.genomics is not None:
         cohort = cohort.subset(cohort.case_ids)
         cohort.genomics = cohort.genomics.reindex(columns=genomics_columns)

@@ -48,6 +48,10 @@ def cohort_options(fn):
                      help="What to do with empty (0-patch) bags."),
         click.option("--on-missing-bag", type=click.Choice(["error", "skip"]), default="error",
                      show_default=True, help="What to do with clinical rows that have no bag."),
+        click.option("--cache-dir", type=click.Path(path_type=Path),
+                     help="Packed feature cache: bags are copied once into one file and read back fast, one bag in "
+                          "memory at a time; changed bag files are re-read on their own."),
+        click.option("--cache-float16", is_flag=True, help="Store the packed cache as float16 (half the disk)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -128,7 +132,8 @@ def load_cohort_from_flags(kw: dict[str, Any]):
                        overlap=kw["overlap"], on_empty=kw["on_empty"], on_missing_bag=kw["on_missing_bag"],
                        genomics_case_col=kw["genomics_case_col"], case_col=kw["case_col"],
                        slide_col=kw["slide_col"], time_col=kw["time_col"], censorship_col=kw["censorship_col"],
-                       event_col=kw["event_col"], label_col=kw["label_col"])
+                       event_col=kw["event_col"], label_col=kw["label_col"], cache_dir=kw["cache_dir"],
+                       cache_float16=kw["cache_float16"])
 
 
 def require(kw: dict[str, Any], *names: str) -> None:
@@ -260,7 +265,8 @@ def predict(**kw):
     model = Aggregator.load(kw["model_path"], device=kw["device"])
     cohort = load_unlabelled_cohort(kw["features"], model.task_.name, kw["clinical"], kw["genomics"],
                                     patch_encoder=kw["patch_encoder"], case_col=kw["case_col"],
-                                    slide_col=kw["slide_col"], on_empty=kw["on_empty"])
+                                    slide_col=kw["slide_col"], on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
+                                    cache_float16=kw["cache_float16"])
     predictions = model.predict(cohort)
     write_csv(kw["out"], predictions, index=True)
     echo(f"{len(predictions)} predictions -> {kw['out']}")

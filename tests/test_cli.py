@@ -136,3 +136,13 @@ def test_every_registered_variant_runs_from_the_cli_with_the_abmil_layout(demo_d
     names = {p.name for p in (tmp_path / f"{model}_s1").iterdir()}
     assert {"summary.csv", "config.json", "s_0_checkpoint.pt", "s_1_checkpoint.pt", "split_0_results.csv",
             "split_1_results.csv", "splits_0.csv", "splits_1.csv"} <= names
+
+
+def test_packed_cache_gives_the_same_results(demo_dir, tmp_path):
+    base = ["-q", "train", "--model", "abmil", *cohort_args(demo_dir), "--k", "2", "--max_epochs", "1"]
+    assert run(base + ["--results_dir", str(tmp_path / "plain")]) == 0
+    assert run(base + ["--results_dir", str(tmp_path / "cached"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (tmp_path / "cache" / "index.json").is_file()
+    a = pd.read_csv(tmp_path / "plain" / "abmil_s1" / "split_0_results.csv")
+    b = pd.read_csv(tmp_path / "cached" / "abmil_s1" / "split_0_results.csv")
+    pd.testing.assert_frame_equal(a, b)

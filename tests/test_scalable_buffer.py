@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from msrl_plugin.nn.ema import make_target
-from msrl_plugin.nn.msrl import CandidateGraph, MSRLNetwork, blockwise_topk
+from msrl_plugin.nn.msrl import CandidateGraph, MSRLNetwork, blockwise_topk, per_case_masks
 
 FEAT, GEN, EMB = 12, 6, 8
 
@@ -58,6 +58,28 @@ def test_candidates_equal_dense_when_m_ge_k(graph, modality):
         for m in (24, 40):
             got = _with_candidates(dense, m)(x, mask, case_ids=case_ids)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("graph,modality", [("learned", "fused"), ("learned", "wsi"),
+                                            ("knn_euclidean", "fused")])
+def test_graph_forward_equals_learner_and_gcn_over_each_case_node_set(graph, modality):
+    """The batched graph forward (buffer rows transformed once, last GCN layer at node 0 only) is the
+    reference computation: the graph learner and the GCN module over each case's [case; buffer]."""
+    net = _net(graph, modality).train()
+    ids = _fill(net, 20)
+    f = torch.randn(4, net.buffer.dim, requires_grad=True)
+    case_ids = [ids[3], "x", ids[7], "y"]
+    net.gcn.dropout = 0.0  # no dropout draws, so train mode (gradients) is comparable too
+    z, graph_, mask = net.graph_forward(f, case_ids)
+    buf, _, valid = net.buffer.snapshot()
+    nodes = torch.cat([f[:, None], buf[None].expand(4, -1, -1)], 1)
+    ref = net.graph_learner(nodes, per_case_masks(valid, net.buffer.exclusion_mask(case_ids)))
+    z_ref = net.gcn(nodes, ref.adj)[:, 0]
+    torch.testing.assert_close(graph_.adj, ref.adj, atol=1e-6, rtol=0)
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=0)
+    (g,) = torch.autograd.grad(z.square().sum(), f)
+    (g_ref,) = torch.autograd.grad(z_ref.square().sum(), f)
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
 
 
 def test_candidate_graph_is_the_dense_graph_and_gradients_match():

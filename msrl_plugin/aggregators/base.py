@@ -92,7 +92,10 @@ class Aggregator(BaseEstimator):
         self.scaler_ = GenomicsScaler.fit(values, available)
         self.training_case_ids_ = list(cohort.case_ids)
         self._sampling = self.task_.sampling_classes(cohort) if getattr(self, "weighted_sample", False) else None
-        return load_case_data(cohort, self.scaler_, self.task_.targets(cohort))
+        data = load_case_data(cohort, self.scaler_, self.task_.targets(cohort))
+        for i in range(len(data)):  # one read of every bag: a bad file stops the run before training starts
+            data.bags[i]
+        return data
 
     def _device(self) -> torch.device:
         return resolve_device(getattr(self, "device", "auto"))

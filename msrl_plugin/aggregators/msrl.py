@@ -37,6 +37,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     with real training-case features and updated FIFO with target features. Defaults: method.md §11
     ([P] paper, [S] SUBLIME, [D] default): k 10 [D], EMA 0.99 [D], buffer 256 [D], tau 0.2 [S/D],
     fine-tuning Adam 1e-4 / wd 1e-5 / 30 epochs / batch 32 [D], embed_dim 256 [D; paper 768].
+    ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
+    of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
     """
 
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
@@ -55,7 +57,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  anchor_tau: float = 0.999, anchor_init: str = "identity", pretrained: str | None = None,
                  max_epochs: int = 30, lr: float = 1e-4, reg: float = 1e-5, batch_size: int = 32,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
-                 weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
+                 weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
+                 buffer_candidates: int | None = None, candidate_search: str = "torch"):
         self.embed_dim = embed_dim
         self.attn_dim = attn_dim
         self.k = k
@@ -90,13 +93,16 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         self.seed = seed
         self.device = device
         self.verbose = verbose
+        self.buffer_candidates = buffer_candidates
+        self.candidate_search = candidate_search
 
     # -- modules -------------------------------------------------------------------------------
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> MSRLNetwork:
         return MSRLNetwork(feature_dim, genomics_dim if self.modality == "fused" else 0, n_outputs,
                            self.embed_dim, self.attn_dim, self.modality, self.graph, self.k, self.learner_layers,
                            self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
-                           getattr(self, "buffer_rows_", self.buffer_size), self.readout)
+                           getattr(self, "buffer_rows_", self.buffer_size), self.readout,
+                           self.buffer_candidates, self.candidate_search)
 
     def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
         return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,
@@ -199,7 +205,9 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             with torch.no_grad():
                 target.eval()
                 f_t = target.real_nodes(target.encode_wsi(batch.x[sub], batch.mask[sub]), batch.genomics[sub])
-                z_t, graph_t, _ = target.graph_forward(f_t, sub_ids)
+                # the target graph over the same node sets as the online one, so the two compare entry by entry
+                rows = getattr(graph, "rows", None)
+                z_t, graph_t, _ = target.graph_forward(f_t, sub_ids, None if rows is None else rows[sub])
             l_f = info_nce(f[sub], f_t, self.temperature)
             l_g = info_nce(z[sub], z_t, self.temperature)
             # structure: each current node's row of the online dense similarity vs the target's edges
@@ -248,7 +256,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             use_real = batch.has_genomics if self.genomics_at_test else None
             f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
             _, graph, _ = net.graph_forward(f, ids)
-            weights = graph.adj[:, 0, 1:].cpu()
+            weights = net.neighbour_weights(graph).cpu()
             for case_id, row in zip(ids, weights):
                 order = torch.argsort(row, descending=True)[:top]
                 rows += [{"case_id": case_id, "rank": r, "neighbour_case_id": buffer_ids[j],

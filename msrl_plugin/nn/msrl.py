@@ -5,19 +5,44 @@ set [case; K buffer rows]. method.md §5.2 forbids current<->current edges, but 
 degree normalisation and a 2-layer GCN, cases that share a buffer still influence each other through
 buffer degrees and 2-hop paths; separate graphs (built in one batched call) make a case's prediction
 exactly independent of the other cases in its batch, in training and at test time alike.
+
+Scalable graph forward (``buffer_candidates=m``): the dense per-case graph costs O(K^2) memory and time, which
+breaks at K ~ 1e4-1e5 buffer rows. With candidates, each case first retrieves its top-m buffer rows exactly in
+the graph's own similarity space (blockwise ``torch.topk`` over cached key embeddings; FAISS as an option),
+and its graph is built over [case; those m rows] only: O(K d) memory, O(K d + m^2) time per case. Retrieval
+only *selects* candidates; the learned graph still decides the edges (ecosystem.md §4.4). With m >= K every
+row is a candidate, the rows keep buffer order, and the result equals the dense path.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .abmil import GatedAttentionPool
 from .buffer import FeatureBuffer
 from .gcn import GCN
-from .graph_learner import GraphLearner, KNNGraph, LearnedGraph
+from .graph_learner import GraphLearner, KNNGraph, LearnedGraph, sparsify_and_normalise
 from .snn import SNN
 
 GRAPHS = ("learned", "knn_cosine", "knn_euclidean")
+CANDIDATE_SEARCH = ("torch", "faiss")
+_BLOCK = 65536  # buffer rows per retrieval block: memory O(B * block), not O(B * K)
+_EMBED_BLOCK = 8192  # buffer rows embedded at a time when the retrieval keys are (re)built
+
+
+class CandidateGraph(NamedTuple):
+    """Per-case graphs over [case; m candidate buffer rows].
+
+    adj, similarity: (B, 1+m, 1+m) as in :class:`LearnedGraph`; rows: (B, m) int64 buffer row of each
+    candidate node, ascending (node j+1 of case b is buffer row ``rows[b, j]``).
+    """
+
+    adj: torch.Tensor
+    similarity: torch.Tensor
+    rows: torch.Tensor
 
 
 def per_case_masks(buffer_valid: torch.Tensor, exclusion: torch.Tensor) -> torch.Tensor:
@@ -38,6 +63,68 @@ def per_case_masks(buffer_valid: torch.Tensor, exclusion: torch.Tensor) -> torch
     return mask
 
 
+def candidate_masks(row_valid: torch.Tensor, row_excluded: torch.Tensor) -> torch.Tensor:
+    """:func:`per_case_masks` over each case's own candidate rows: ``(B, m), (B, m) -> (B, 1+m, 1+m)``."""
+    b, m = row_valid.shape
+    cur_buf = ~row_excluded & row_valid
+    mask = torch.zeros(b, 1 + m, 1 + m, dtype=torch.bool, device=row_valid.device)
+    mask[:, 0, 1:] = cur_buf
+    mask[:, 1:, 0] = cur_buf
+    mask[:, 1:, 1:] = row_valid[:, :, None] & row_valid[:, None, :]
+    idx = torch.arange(1 + m, device=row_valid.device)
+    mask[:, idx, idx] = True
+    return mask
+
+
+@torch.no_grad()
+def blockwise_topk(queries: torch.Tensor, keys: torch.Tensor, m: int, allowed: torch.Tensor | None = None,
+                   metric: str = "ip", block_size: int = _BLOCK) -> torch.Tensor:
+    """Exact top-m keys per query over key blocks: ``(B, d), (K, d) -> (B, min(m, K))`` int64, best first.
+
+    ``metric``: ``"ip"`` (inner product: pass L2-normalised rows for cosine; unlike
+    :func:`~msrl_plugin.nn.graph_learner.topk_candidates` the keys are not re-normalised on every call,
+    which at K = 1e5 would cost a K x d pass and copy per query) or ``"euclidean"``. Forbidden keys
+    (``allowed`` (B, K) False) come last, so they are returned only when a query has fewer than m allowed
+    keys. Memory O(B * block).
+    """
+    if metric not in ("ip", "euclidean"):
+        raise ValueError(f"metric must be 'ip' or 'euclidean', got {metric!r}")
+    m = min(m, keys.shape[0])
+    best_val = queries.new_full((queries.shape[0], 0), float("-inf"))
+    best_idx = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
+    for start in range(0, keys.shape[0], block_size):
+        kb = keys[start: start + block_size]
+        score = queries @ kb.t()
+        if metric == "euclidean":
+            score = 2 * score - (kb * kb).sum(dim=1)[None]  # -d^2 up to a per-query constant
+        if allowed is not None:
+            score = score.masked_fill(~allowed[:, start: start + kb.shape[0]], float("-inf"))
+        val, idx = score.topk(min(m, kb.shape[0]), dim=1)
+        best_val, pos = torch.cat([best_val, val], 1).topk(min(m, best_val.shape[1] + val.shape[1]), dim=1)
+        best_idx = torch.cat([best_idx, idx + start], 1).gather(1, pos)
+    return best_idx
+
+
+def _faiss_candidates(queries: torch.Tensor, index, valid_rows: torch.Tensor, allowed: torch.Tensor,
+                      m: int) -> torch.Tensor | None:
+    """Top-m allowed rows from a FAISS inner-product index over the valid rows (L2-normalised embeddings).
+
+    Returns None when some query has fewer than m allowed rows in reach (the caller falls back to torch).
+    """
+    n_excluded = int((~allowed[:, valid_rows]).sum(dim=1).max()) if len(valid_rows) else 0
+    reach = min(len(valid_rows), m + n_excluded)
+    if reach < m:
+        return None
+    _, found = index.search(queries.float().cpu().contiguous().numpy(), reach)
+    rows = valid_rows.cpu()[torch.from_numpy(found).clamp_min(0)]
+    ok = allowed.cpu().gather(1, rows) & torch.from_numpy(found >= 0)
+    if (ok.sum(dim=1) < m).any():
+        return None
+    # stable sort keeps FAISS's similarity order among the allowed rows; take the first m of each query
+    order = torch.sort((~ok).to(torch.int8), dim=1, stable=True).indices[:, :m]
+    return rows.gather(1, order).to(queries.device)
+
+
 class MSRLNetwork(nn.Module):
     """The online branch (the only one used at inference) plus the buffer it reads.
 
@@ -51,14 +138,29 @@ class MSRLNetwork(nn.Module):
         gcn_dropout [D: 0.25 in fine-tuning], dropout (encoders) [B: 0.25], buffer_size K [D: 256].
         readout: the head reads the case's post-graph node embedding z (``"node"`` [P]) or
             concat(z, h) (``"node+wsi"`` [D]: keeps the case's own WSI evidence undiluted by its neighbours).
+        buffer_candidates: None = dense graph over [case; all K rows] (O(K^2) per case). m = each case's graph
+            is built over its exact top-m buffer rows in the graph's similarity space (O(K d)); equals the
+            dense path when m >= K. [D: None up to K ~ 2e3, then 64-256]
+        candidate_search: ``"torch"`` (blockwise exact ``topk``) or ``"faiss"`` (exact ``IndexFlatIP`` search,
+            used without gradients, for the learned and cosine graphs; needs ``msrl-plugin[faiss]``).
     """
 
     def __init__(self, feature_dim: int, genomics_dim: int, n_outputs: int, embed_dim: int = 256,
                  attn_dim: int | None = None, modality: str = "fused", graph: str = "learned", k: int = 10,
                  learner_layers: int = 2, learner_activation: str = "tanh", gcn_dropout: float = 0.25,
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
-                 readout: str = "node"):
+                 readout: str = "node", buffer_candidates: int | None = None,
+                 candidate_search: str = "torch"):
         super().__init__()
+        if buffer_candidates is not None and int(buffer_candidates) < 1:
+            raise ValueError(f"buffer_candidates must be None or >= 1, got {buffer_candidates}")
+        if candidate_search not in CANDIDATE_SEARCH:
+            raise ValueError(f"candidate_search must be one of {CANDIDATE_SEARCH}, got {candidate_search!r}")
+        if candidate_search == "faiss":
+            _import_faiss()
+        self.buffer_candidates = None if buffer_candidates is None else int(buffer_candidates)
+        self.candidate_search = candidate_search
+        self._keys_cache: tuple | None = None
         if modality not in ("fused", "wsi"):
             raise ValueError(f"modality must be 'fused' or 'wsi', got {modality!r}")
         if graph not in GRAPHS:
@@ -70,8 +172,8 @@ class MSRLNetwork(nn.Module):
                              if genomics_dim and modality == "fused" else None)
         self.inductor = SNN(d, (d, d), dropout, snn_activation) if modality == "fused" else None
         node_dim = 2 * d if modality == "fused" else d
-        self.graph_learner = (GraphLearner(node_dim, learner_layers, k, learner_activation) if graph == "learned"
-                              else KNNGraph(k, graph.removeprefix("knn_")))
+        self.graph_learner = (GraphLearner(node_dim, learner_layers, k, learner_activation)
+                              if graph == "learned" else KNNGraph(k, graph.removeprefix("knn_")))
         self.gcn = GCN(node_dim, d, d, n_layers=2, dropout=gcn_dropout)
         if readout not in ("node", "node+wsi"):
             raise ValueError(f"readout must be 'node' or 'node+wsi', got {readout!r}")
@@ -86,7 +188,7 @@ class MSRLNetwork(nn.Module):
 
     def online_nodes(self, h: torch.Tensor, genomics: torch.Tensor | None = None,
                      use_genomics: torch.Tensor | None = None) -> torch.Tensor:
-        """f = concat(g~, h) with g~ = inductor(h) (WSI only); ``use_genomics`` rows take phi_G(real genomics)."""
+        """f = concat(g~, h) with g~ = inductor(h) (WSI only); ``use_genomics`` rows take phi_G(genomics)."""
         if self.modality == "wsi":
             return h
         g = self.inductor(h)
@@ -99,17 +201,159 @@ class MSRLNetwork(nn.Module):
         return h if self.modality == "wsi" else torch.cat([self.gene_encoder(genomics), h], dim=1)
 
     # -- graph forward ---------------------------------------------------------------------------
-    def graph_forward(self, f: torch.Tensor, case_ids: list[str] | None = None
-                      ) -> tuple[torch.Tensor, LearnedGraph, torch.Tensor]:
-        """Each case's graph over [case; buffer]: ``f (B, F)`` -> ``z (B, d)``, graphs ``(B, 1+K, 1+K)``, masks."""
+    def graph_forward(self, f: torch.Tensor, case_ids: list[str] | None = None,
+                      candidates: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, LearnedGraph | CandidateGraph, torch.Tensor]:
+        """Each case's graph over [case; buffer]: ``f (B, F)`` -> ``z (B, d)``, graphs, allowed-edge masks.
+
+        Dense (``buffer_candidates=None`` and no ``candidates``): graphs and masks ``(B, 1+K, 1+K)``.
+        Candidates: a :class:`CandidateGraph` and masks ``(B, 1+m, 1+m)`` over [case; its m retrieved rows];
+        ``candidates`` (B, m) buffer rows overrides the retrieval, e.g. to build the target branch's graph
+        over the online branch's node sets so that the two graphs are comparable entry by entry.
+        """
+        if candidates is not None or self.buffer_candidates is not None:
+            return self._candidate_forward(f, case_ids, candidates)
         buf, _, valid = self.buffer.snapshot()
-        exclusion = (self.buffer.exclusion_mask(case_ids) if case_ids is not None
-                     else torch.zeros(f.shape[0], buf.shape[0], dtype=torch.bool, device=f.device))
+        b = f.shape[0]
+        exclusion = self._exclusion(case_ids, b, f.device)
         mask = per_case_masks(valid, exclusion)
-        nodes = torch.cat([f[:, None, :], buf[None].expand(f.shape[0], -1, -1)], dim=1)
+        if isinstance(self.graph_learner, GraphLearner):
+            graph = self._shared_buffer_graph(f, buf, mask)
+        else:  # static kNN ablations: the Euclidean kernel's bandwidth depends on each case's whole node set
+            graph = self.graph_learner(torch.cat([f[:, None, :], buf[None].expand(b, -1, -1)], dim=1), mask)
+        w1 = self.gcn.layers[0].lin.weight
+        # every case's graph holds the same K buffer rows: transform them once, not once per case
+        xw = torch.cat([(f @ w1.t())[:, None, :], (buf @ w1.t())[None].expand(b, -1, -1)], dim=1)
+        return self._propagate(xw, graph.adj), graph, mask
+
+    def _shared_buffer_graph(self, f: torch.Tensor, buf: torch.Tensor, mask: torch.Tensor) -> LearnedGraph:
+        """``GraphLearner(nodes, mask)`` over each case's [case; buffer], the buffer<->buffer block of the
+        similarity computed once per batch: ``(B, F), (K, F), (B, 1+K, 1+K) -> (B, 1+K, 1+K)`` graphs."""
+        learner = self.graph_learner
+        e_c, e_b = learner.embed(f), learner.embed(buf)  # row-wise, so embedding rows apart is exact
+        s_cb = e_c @ e_b.t()  # (B, K)
+        s_cc = (e_c * e_c).sum(dim=1)  # (B,)
+        b, k = s_cb.shape
+        top = torch.cat([s_cc[:, None], s_cb], dim=1)[:, None, :]  # (B, 1, 1+K)
+        bottom = torch.cat([s_cb[:, :, None], (e_b @ e_b.t())[None].expand(b, -1, -1)], dim=2)  # (B, K, 1+K)
+        sim = torch.cat([top, bottom], dim=1)
+        return LearnedGraph(sparsify_and_normalise(sim, learner.k, mask), sim)
+
+    def _propagate(self, xw: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """The GCN of each case's graph, read out at node 0: ``xw`` = nodes @ W1^T ``(B, N, d)``, ``adj``
+        ``(B, N, N)`` -> ``(B, d)``.
+
+        Equals ``self.gcn(nodes, adj)[:, 0]`` (out[i] = sum_j A[i, j] h_j W + b per layer) with two savings:
+        the first layer's transform arrives precomputed, and the last layer is evaluated for node 0 only.
+        Dense batched products replace torch-geometric's scatter, which is slow for B x N-node graphs on CPU.
+        """
+        gcn = self.gcn
+        adj = F.dropout(adj, p=gcn.dropedge, training=self.training)
+        h = xw
+        for i, layer in enumerate(gcn.layers):
+            rows = adj[:, :1] if i == len(gcn.layers) - 1 else adj  # the last layer: node 0 only
+            if i == 0:
+                h = rows @ h + layer.bias
+            else:  # (A h) W = A (h W); A h first is cheaper for the single last row
+                h = F.dropout(F.relu(h), p=gcn.dropout, training=self.training)
+                h = (rows @ h) @ layer.lin.weight.t() + layer.bias
+        return h[:, 0]
+
+    def _exclusion(self, case_ids: list[str] | None, n: int, device: torch.device) -> torch.Tensor:
+        if case_ids is not None:
+            return self.buffer.exclusion_mask(case_ids)
+        return torch.zeros(n, self.buffer.size, dtype=torch.bool, device=device)
+
+    def _candidate_forward(self, f: torch.Tensor, case_ids: list[str] | None, rows: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, CandidateGraph, torch.Tensor]:
+        buf, valid = self.buffer.features, self.buffer.valid  # no K x d clone: only gathered rows are used
+        exclusion = self._exclusion(case_ids, f.shape[0], f.device)
+        if rows is None:
+            rows = self.retrieve(f, exclusion)
+        elif rows.dim() != 2 or rows.shape[0] != f.shape[0]:
+            raise ValueError(f"candidates must be ({f.shape[0]}, m) buffer rows, got {tuple(rows.shape)}")
+        # gathered rows are copies, so a later enqueue cannot modify what autograd holds
+        nodes = torch.cat([f[:, None, :], buf[rows]], dim=1)
+        mask = candidate_masks(valid[rows], exclusion.gather(1, rows))
         graph = self.graph_learner(nodes, mask)
-        z = self.gcn(nodes, graph.adj)[:, 0]
-        return z, graph, mask
+        z = self._propagate(nodes @ self.gcn.layers[0].lin.weight.t(), graph.adj)
+        return z, CandidateGraph(graph.adj, graph.similarity, rows), mask
+
+    @torch.no_grad()
+    def retrieve(self, f: torch.Tensor, exclusion: torch.Tensor | None = None) -> torch.Tensor:
+        """Each case's exact top-m buffer rows in the graph's similarity space, ascending: ``(B, min(m, K))``.
+
+        Learned graph: cosine of the learner embeddings; ``knn_cosine``: cosine of the features;
+        ``knn_euclidean``: Euclidean distance. Empty rows and the case's own rows (``exclusion`` (B, K)) are
+        ranked last, so they are picked (and then masked out of the graph) only when fewer than m rows remain.
+        """
+        m = self.buffer_candidates or self.buffer.size
+        valid = self.buffer.valid
+        allowed = valid[None, :].expand(f.shape[0], -1)
+        if exclusion is not None:
+            allowed = allowed & ~exclusion
+        keys = self._candidate_keys()
+        if isinstance(self.graph_learner, KNNGraph) and self.graph_learner.metric == "euclidean":
+            rows = blockwise_topk(f, keys, m, allowed, "euclidean")
+        else:
+            learned = isinstance(self.graph_learner, GraphLearner)
+            q = self.graph_learner.embed(f) if learned else F.normalize(f, p=2, dim=-1)
+            rows = None
+            if self.candidate_search == "faiss" and not torch.is_grad_enabled():
+                index, valid_rows = self._faiss_index(keys)
+                rows = _faiss_candidates(q, index, valid_rows, allowed, min(m, keys.shape[0]))
+            if rows is None:
+                rows = blockwise_topk(q, keys, m, allowed, "ip")
+        return rows.sort(dim=1).values  # buffer order: with m >= K the node order equals the dense path's
+
+    def _cache_key(self) -> tuple:
+        tensors = [self.buffer.features, self.buffer.valid, *self.graph_learner.parameters()]
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    @torch.no_grad()
+    def _candidate_keys(self) -> torch.Tensor:
+        """Buffer rows in the retrieval space, ``(K, F)``, L2-normalised unless the metric is Euclidean.
+
+        Recomputed only when the buffer or the learner changes: the cache key is each tensor's storage and
+        in-place version counter, which optimiser steps, EMA updates, ``enqueue`` and ``load_state_dict`` all
+        bump.
+        """
+        key = self._cache_key()
+        if self._keys_cache is not None and self._keys_cache[0] == key:
+            return self._keys_cache[1]
+        buf = self.buffer.features
+        if isinstance(self.graph_learner, KNNGraph) and self.graph_learner.metric == "euclidean":
+            keys = buf
+        else:
+            self._keys_cache = None  # free the old keys before allocating the new ones
+            keys = torch.empty_like(buf)
+            embed = (self.graph_learner.embed if isinstance(self.graph_learner, GraphLearner)
+                     else lambda x: F.normalize(x, p=2, dim=1))
+            for i in range(0, len(buf), _EMBED_BLOCK):  # small blocks: temporaries stay O(block d)
+                keys[i: i + _EMBED_BLOCK] = embed(buf[i: i + _EMBED_BLOCK])
+        self._keys_cache = (key, keys, None)
+        return keys
+
+    def _faiss_index(self, keys: torch.Tensor):
+        """An exact inner-product FAISS index over the valid rows (rebuilt with the key cache)."""
+        if self._keys_cache[2] is None:
+            faiss = _import_faiss()
+            valid_rows = self.buffer.valid.nonzero().squeeze(1)
+            index = faiss.IndexFlatIP(keys.shape[1])
+            index.add(keys[valid_rows].float().cpu().contiguous().numpy())  # rows are L2-normalised already
+            self._keys_cache = (*self._keys_cache[:2], (index, valid_rows))
+        return self._keys_cache[2]
+
+    def neighbour_weights(self, graph: LearnedGraph | CandidateGraph) -> torch.Tensor:
+        """Edge weight of each case to each buffer row, ``(B, K)`` in buffer row order (0 = no edge).
+
+        Works for dense and candidate graphs (``graph.adj[:, 0, 1:]`` is only buffer-ordered for dense ones).
+        """
+        row = graph.adj[:, 0, 1:]
+        if not isinstance(graph, CandidateGraph):
+            return row
+        out = row.new_zeros(row.shape[0], self.buffer.size)
+        return out.scatter(1, graph.rows, row)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, genomics: torch.Tensor | None = None,
                 use_genomics: torch.Tensor | None = None, case_ids: list[str] | None = None) -> torch.Tensor:
@@ -121,6 +365,20 @@ class MSRLNetwork(nn.Module):
     def readout_features(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return z if self.readout == "node" else torch.cat([z, h], dim=1)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_keys_cache"] = None  # deepcopy (EMA target) and pickling must not share or carry the cache
+        return state
+
     def target_modules(self) -> list[str]:
         """Modules with an EMA target copy (phi_G has none: it stays frozen at its pre-trained weights)."""
         return ["wsi_encoder", "graph_learner", "gcn", "head"]
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError("candidate_search='faiss' needs the faiss package: pip install "
+                          "'msrl-plugin[faiss]' (or use candidate_search='torch', exact too)") from exc
+    return faiss
