@@ -6,9 +6,8 @@ from typing import Any
 
 import torch
 
-from .aggregators.base import cpu_state
+from .aggregators.base import cpu_state, read_checkpoint
 from .atomic import atomic_path
-from .errors import CheckpointError
 
 PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"
 
@@ -26,13 +25,5 @@ def save_pretrained(path: str | Path, model: torch.nn.Module, feature_dim: int, 
 
 
 def read_pretrained(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("pre-trained GSL checkpoint not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError("not a safe pre-trained checkpoint (refused to unpickle it)", path) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != PRETRAIN_FORMAT:
-        raise CheckpointError("not a pre-trained GSL checkpoint", path, "pass a file written by msrl-plugin pretrain")
-    return ckpt
+    """A stage-1 checkpoint, read as safely as a model checkpoint (plain tensors and values only)."""
+    return read_checkpoint(path, PRETRAIN_FORMAT)
