@@ -36,7 +36,9 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     L_f_align + L_g_align + L_s_align (weighted by ``align_weight``) + L_task; the buffer is initialised
     with real training-case features and updated FIFO with target features. Defaults: method.md §11
     ([P] paper, [S] SUBLIME, [D] default): k 10 [D], EMA 0.99 [D], buffer 256 [D], tau 0.2 [S/D],
-    fine-tuning Adam 1e-4 / wd 1e-5 / 30 epochs / batch 32 [D], embed_dim 256 [D; paper 768].
+    fine-tuning Adam lr 1e-3 / wd 1e-5 / 30 epochs / batch 8 [D; method.md suggests 1e-4 / batch 32, which
+    leaves MSRL untrained on cohorts of ~100 cases (a few dozen steps): measured in the benchmark],
+    embed_dim 256 [D; paper 768].
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
     """
@@ -55,7 +57,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 128,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
                  anchor_tau: float = 0.999, anchor_init: str = "identity", pretrained: str | None = None,
-                 max_epochs: int = 30, lr: float = 1e-4, reg: float = 1e-5, batch_size: int = 32,
+                 max_epochs: int = 30, lr: float = 1e-3, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
                  buffer_candidates: int | None = None, candidate_search: str = "torch"):
