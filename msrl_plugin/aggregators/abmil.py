@@ -9,7 +9,7 @@ from ..batching import BagBatch, collate
 from ..cohort import Cohort
 from ..nn.abmil import ABMIL
 from ..registry import register_aggregator
-from .base import Aggregator
+from .base import Aggregator, store_init_args
 
 
 class AttentionMixin:
@@ -46,20 +46,7 @@ class ABMILAggregator(AttentionMixin, Aggregator):
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
-        self.hidden_dim = hidden_dim
-        self.attn_dim = attn_dim
-        self.dropout = dropout
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.reg = reg
-        self.batch_size = batch_size
-        self.max_patches = max_patches
-        self.n_bins = n_bins
-        self.alpha_surv = alpha_surv
-        self.weighted_sample = weighted_sample
-        self.seed = seed
-        self.device = device
-        self.verbose = verbose
+        store_init_args(self, locals())
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
         return ABMIL(feature_dim, n_outputs, self.hidden_dim, self.attn_dim, dropout=self.dropout)

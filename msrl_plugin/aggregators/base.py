@@ -43,6 +43,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def store_init_args(estimator: BaseEstimator, args: dict[str, Any]) -> None:
+    """scikit-learn style ``__init__``: every keyword kept unchanged as the attribute of the same name."""
+    for name in type(estimator)._get_param_names():
+        setattr(estimator, name, args[name])
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -23,7 +23,7 @@ from ..cohort import Cohort
 from ..nn.fusion import FUSIONS, CVAEFusionNetwork, ReconFusionNetwork, reconstruction_loss
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
-from .base import Aggregator
+from .base import Aggregator, store_init_args
 from .multimodal import check_choice
 
 
@@ -107,27 +107,7 @@ class ReconFusionAggregator(GeneratedGenomicsAggregator):
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
-        self.fusion = fusion
-        self.hidden_dim = hidden_dim
-        self.attn_dim = attn_dim
-        self.omic_dim = omic_dim
-        self.n_omic_blocks = n_omic_blocks
-        self.decoder_dim = decoder_dim
-        self.dropout = dropout
-        self.snn_activation = snn_activation
-        self.recon_weight = recon_weight
-        self.cosine_exponent = cosine_exponent
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.reg = reg
-        self.batch_size = batch_size
-        self.max_patches = max_patches
-        self.n_bins = n_bins
-        self.alpha_surv = alpha_surv
-        self.weighted_sample = weighted_sample
-        self.seed = seed
-        self.device = device
-        self.verbose = verbose
+        store_init_args(self, locals())
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
         return ReconFusionNetwork(feature_dim, genomics_dim, n_outputs, self.fusion, self.hidden_dim,
@@ -167,29 +147,7 @@ class CVAEFusionAggregator(GeneratedGenomicsAggregator):
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
-        self.fusion = fusion
-        self.hidden_dim = hidden_dim
-        self.attn_dim = attn_dim
-        self.omic_dim = omic_dim
-        self.n_omic_blocks = n_omic_blocks
-        self.latent_dim = latent_dim
-        self.decoder_dim = decoder_dim
-        self.dropout = dropout
-        self.snn_activation = snn_activation
-        self.recon_weight = recon_weight
-        self.kl_weight = kl_weight
-        self.kl_warmup = kl_warmup
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.reg = reg
-        self.batch_size = batch_size
-        self.max_patches = max_patches
-        self.n_bins = n_bins
-        self.alpha_surv = alpha_surv
-        self.weighted_sample = weighted_sample
-        self.seed = seed
-        self.device = device
-        self.verbose = verbose
+        store_init_args(self, locals())
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
         return CVAEFusionNetwork(feature_dim, genomics_dim, n_outputs, self.fusion, self.hidden_dim,

@@ -23,7 +23,7 @@ from ..nn.msrl import MSRLNetwork
 from ..pretrain import PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
-from .base import Aggregator
+from .base import Aggregator, store_init_args
 
 
 @register_aggregator("msrl")
@@ -61,42 +61,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
                  buffer_candidates: int | None = None, candidate_search: str = "torch"):
-        self.embed_dim = embed_dim
-        self.attn_dim = attn_dim
-        self.k = k
-        self.learner_layers = learner_layers
-        self.learner_activation = learner_activation
-        self.gcn_dropout = gcn_dropout
-        self.dropout = dropout
-        self.snn_activation = snn_activation
-        self.buffer_size = buffer_size
-        self.ema_momentum = ema_momentum
-        self.temperature = temperature
-        self.align_weight = align_weight
-        self.readout = readout
-        self.train_gene_encoder = train_gene_encoder
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_lr = pretrain_lr
-        self.pretrain_batch_size = pretrain_batch_size
-        self.maskfeat_rate_learner = maskfeat_rate_learner
-        self.maskfeat_rate_anchor = maskfeat_rate_anchor
-        self.dropedge = dropedge
-        self.anchor_tau = anchor_tau
-        self.anchor_init = anchor_init
-        self.pretrained = pretrained
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.reg = reg
-        self.batch_size = batch_size
-        self.max_patches = max_patches
-        self.n_bins = n_bins
-        self.alpha_surv = alpha_surv
-        self.weighted_sample = weighted_sample
-        self.seed = seed
-        self.device = device
-        self.verbose = verbose
-        self.buffer_candidates = buffer_candidates
-        self.candidate_search = candidate_search
+        store_init_args(self, locals())
 
     # -- modules -------------------------------------------------------------------------------
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> MSRLNetwork:

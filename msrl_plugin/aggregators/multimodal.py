@@ -20,7 +20,7 @@ from ..nn.fusion import FUSIONS, LateFusionNetwork
 from ..nn.snn import SNN
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
-from .base import Aggregator
+from .base import Aggregator, store_init_args
 
 MISSING_GENOMICS = ("error", "impute_mean")
 
@@ -89,21 +89,7 @@ class SNNAggregator(GenomicsRequiredMixin, Aggregator):
                  batch_size: int = 8, max_patches: int | None = 4096, n_bins: int = 4,
                  alpha_surv: float = 0.0, weighted_sample: bool = False, seed: int = 1, device: str = "auto",
                  verbose: bool = False):
-        self.hidden_dim = hidden_dim
-        self.n_blocks = n_blocks
-        self.dropout = dropout
-        self.activation = activation
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.reg = reg
-        self.batch_size = batch_size
-        self.max_patches = max_patches
-        self.n_bins = n_bins
-        self.alpha_surv = alpha_surv
-        self.weighted_sample = weighted_sample
-        self.seed = seed
-        self.device = device
-        self.verbose = verbose
+        store_init_args(self, locals())
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
         encoder = SNN(genomics_dim, [self.hidden_dim] * self.n_blocks, self.dropout, self.activation)
@@ -136,25 +122,7 @@ class LateFusionAggregator(GenomicsRequiredMixin, AttentionMixin, Aggregator):
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False):
-        self.fusion = fusion
-        self.hidden_dim = hidden_dim
-        self.attn_dim = attn_dim
-        self.omic_dim = omic_dim
-        self.n_omic_blocks = n_omic_blocks
-        self.dropout = dropout
-        self.snn_activation = snn_activation
-        self.missing_genomics = missing_genomics
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.reg = reg
-        self.batch_size = batch_size
-        self.max_patches = max_patches
-        self.n_bins = n_bins
-        self.alpha_surv = alpha_surv
-        self.weighted_sample = weighted_sample
-        self.seed = seed
-        self.device = device
-        self.verbose = verbose
+        store_init_args(self, locals())
 
     def fit(self, cohort: Cohort, progress: bool | None = None) -> LateFusionAggregator:
         check_choice(self.name, "fusion", self.fusion, FUSIONS)
