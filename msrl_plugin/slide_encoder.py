@@ -28,31 +28,27 @@ from .nn.abmil import ABMIL
 from .nn.msrl import MSRLNetwork
 
 
-class _ABMILEmbedding(nn.Module):
-    """``(B, N, D)`` bags -> ``(B, rho_dim)``: the vector ABMIL's head reads."""
+class _HeadInput(nn.Module):
+    """``(B, N, D)`` bags -> ``(B, dim)``: the vector the wrapped network's task head reads."""
 
-    def __init__(self, net: ABMIL):
+    def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     @property
     def dim(self) -> int:
         return self.net.head.in_features
+
+
+class _ABMILEmbedding(_HeadInput):
+    """ABMIL's rho embedding."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, case_ids: list[str] | None) -> torch.Tensor:
         return self.net.embed(x, mask)[0]
 
 
-class _MSRLEmbedding(nn.Module):
-    """``(B, N, D)`` bags -> the head's input: z from each case's graph over [case; buffer] (WSI only)."""
-
-    def __init__(self, net: MSRLNetwork):
-        super().__init__()
-        self.net = net
-
-    @property
-    def dim(self) -> int:
-        return self.net.head.in_features
+class _MSRLEmbedding(_HeadInput):
+    """z from each case's graph over [case; buffer] (WSI only), with h when the readout uses it."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, case_ids: list[str] | None) -> torch.Tensor:
         h = self.net.encode_wsi(x, mask)
