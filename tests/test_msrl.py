@@ -133,3 +133,14 @@ def test_same_seed_same_predictions(split):
     a = create_aggregator("msrl", **FAST).fit(train).predict(test)
     b = create_aggregator("msrl", **FAST).fit(train).predict(test)
     np.testing.assert_array_equal(a["risk"].to_numpy(), b["risk"].to_numpy())
+
+
+def test_dense_propagation_equals_torch_geometric_message_passing(split):
+    train, test = split
+    dense = create_aggregator("msrl", **FAST).fit(train)
+    pyg = create_aggregator("msrl", **FAST, propagation="pyg")
+    pyg.task_, pyg.feature_dim_, pyg.genomics_columns_ = dense.task_, dense.feature_dim_, dense.genomics_columns_
+    pyg.scaler_, pyg.buffer_rows_, pyg.training_case_ids_ = dense.scaler_, dense.buffer_rows_, dense.training_case_ids_
+    pyg.model_ = pyg._build_model(dense.feature_dim_, len(dense.genomics_columns_), dense.task_.n_outputs)
+    pyg.model_.load_state_dict(dense.model_.state_dict())
+    np.testing.assert_allclose(pyg.predict(test)["risk"], dense.predict(test)["risk"], atol=1e-5)

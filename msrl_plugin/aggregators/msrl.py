@@ -60,7 +60,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  max_epochs: int = 30, lr: float = 1e-3, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
-                 buffer_candidates: int | None = None, candidate_search: str = "torch"):
+                 buffer_candidates: int | None = None, candidate_search: str = "torch",
+                 propagation: str = "dense"):
         store_init_args(self, locals())
 
     # -- modules -------------------------------------------------------------------------------
@@ -69,7 +70,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                            self.embed_dim, self.attn_dim, self.modality, self.graph, self.k, self.learner_layers,
                            self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
                            getattr(self, "buffer_rows_", self.buffer_size), self.readout,
-                           self.buffer_candidates, self.candidate_search)
+                           self.buffer_candidates, self.candidate_search, self.propagation)
 
     def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
         return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,

@@ -141,6 +141,10 @@ class MSRLNetwork(nn.Module):
         buffer_candidates: None = dense graph over [case; all K rows] (O(K^2) per case). m = each case's graph
             is built over its exact top-m buffer rows in the graph's similarity space (O(K d)); equals the
             dense path when m >= K. [D: None up to K ~ 2e3, then 64-256]
+        propagation: how the GCN (torch-geometric ``GCNConv`` layers) propagates over each case's graph:
+            ``"dense"`` [D] evaluates the same layers as batched products (buffer rows transformed once per
+            batch, last layer at the case node only; equal to ``"pyg"`` within float error, tested), ``"pyg"``
+            runs ``GCNConv``'s own message passing over the block-diagonal batch (slower on CPU).
         candidate_search: ``"torch"`` (blockwise exact ``topk``) or ``"faiss"`` (exact ``IndexFlatIP`` search,
             used without gradients, for the learned and cosine graphs; needs ``msrl-plugin[faiss]``).
     """
@@ -150,8 +154,11 @@ class MSRLNetwork(nn.Module):
                  learner_layers: int = 2, learner_activation: str = "tanh", gcn_dropout: float = 0.25,
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
                  readout: str = "node", buffer_candidates: int | None = None,
-                 candidate_search: str = "torch"):
+                 candidate_search: str = "torch", propagation: str = "dense"):
         super().__init__()
+        if propagation not in ("dense", "pyg"):
+            raise ValueError(f"propagation must be 'dense' or 'pyg', got {propagation!r}")
+        self.propagation = propagation
         if buffer_candidates is not None and int(buffer_candidates) < 1:
             raise ValueError(f"buffer_candidates must be None or >= 1, got {buffer_candidates}")
         if candidate_search not in CANDIDATE_SEARCH:
@@ -221,6 +228,9 @@ class MSRLNetwork(nn.Module):
             graph = self._shared_buffer_graph(f, buf, mask)
         else:  # static kNN ablations: the Euclidean kernel's bandwidth depends on each case's whole node set
             graph = self.graph_learner(torch.cat([f[:, None, :], buf[None].expand(b, -1, -1)], dim=1), mask)
+        if self.propagation == "pyg":  # torch-geometric's own message passing over the block-diagonal batch
+            nodes = torch.cat([f[:, None, :], buf[None].expand(b, -1, -1)], dim=1)
+            return self.gcn(nodes, graph.adj)[:, 0], graph, mask
         w1 = self.gcn.layers[0].lin.weight
         # every case's graph holds the same K buffer rows: transform them once, not once per case
         xw = torch.cat([(f @ w1.t())[:, None, :], (buf @ w1.t())[None].expand(b, -1, -1)], dim=1)
@@ -276,7 +286,8 @@ class MSRLNetwork(nn.Module):
         nodes = torch.cat([f[:, None, :], buf[rows]], dim=1)
         mask = candidate_masks(valid[rows], exclusion.gather(1, rows))
         graph = self.graph_learner(nodes, mask)
-        z = self._propagate(nodes @ self.gcn.layers[0].lin.weight.t(), graph.adj)
+        z = (self.gcn(nodes, graph.adj)[:, 0] if self.propagation == "pyg"
+             else self._propagate(nodes @ self.gcn.layers[0].lin.weight.t(), graph.adj))
         return z, CandidateGraph(graph.adj, graph.similarity, rows), mask
 
     @torch.no_grad()
