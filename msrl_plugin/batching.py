@@ -87,15 +87,18 @@ class BagBatch:
     genomics: torch.Tensor     # (B, G)
     has_genomics: torch.Tensor  # (B,)
     targets: dict[str, torch.Tensor]
+    case_ids: list[str]         # (B,) ids of the rows
 
     def select(self, rows: torch.Tensor) -> BagBatch:
         """The batch restricted to positions ``rows``."""
         return BagBatch(self.index[rows.cpu()], self.x[rows], self.mask[rows], self.genomics[rows],
-                        self.has_genomics[rows], {k: v[rows] for k, v in self.targets.items()})
+                        self.has_genomics[rows], {k: v[rows] for k, v in self.targets.items()},
+                        [self.case_ids[i] for i in rows.tolist()])
 
     def to(self, device: torch.device) -> BagBatch:
         return BagBatch(self.index, self.x.to(device), self.mask.to(device), self.genomics.to(device),
-                        self.has_genomics.to(device), {k: v.to(device) for k, v in self.targets.items()})
+                        self.has_genomics.to(device), {k: v.to(device) for k, v in self.targets.items()},
+                        self.case_ids)
 
 
 def collate(data: CaseData, index: torch.Tensor, max_patches: int | None = None,
@@ -115,7 +118,7 @@ def collate(data: CaseData, index: torch.Tensor, max_patches: int | None = None,
         x[j, : bag.shape[0]] = bag
         mask[j, : bag.shape[0]] = True
     return BagBatch(index, x, mask, data.genomics[index], data.has_genomics[index],
-                    {k: v[index] for k, v in data.targets.items()})
+                    {k: v[index] for k, v in data.targets.items()}, [data.case_ids[i] for i in index.tolist()])
 
 
 def epoch_order(n: int, generator: torch.Generator, sampling_classes: np.ndarray | None = None) -> torch.Tensor:

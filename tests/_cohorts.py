@@ -42,3 +42,12 @@ def easy_classification_cohort(n: int = 100, dim: int = 16, seed: int = 0) -> Co
     ids = [f"c{i}" for i in range(n)]
     cases = pd.DataFrame({"label": np.where(labels == 1, "tumor", "normal")}, index=ids)
     return Cohort(cases, {c: [f"s{i}"] for i, c in enumerate(ids)}, InMemoryBags(bags), "classification")
+
+
+def labelled_genomics_cohort(n: int = 90, seed: int = 4, genomics_dim: int = 6) -> Cohort:
+    """``easy_classification_cohort`` plus genomics whose first column carries the label."""
+    base = easy_classification_cohort(n=n, seed=seed)
+    g = np.random.default_rng(0).normal(size=(n, genomics_dim))
+    g[:, 0] += 2.0 * base.labels()
+    genomics = pd.DataFrame(g, index=base.case_ids, columns=[f"g{j}" for j in range(genomics_dim)])
+    return Cohort(base.cases, base.slides, base.bags, base.task, genomics)

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _cohorts import easy_classification_cohort, easy_survival_cohort
+from _cohorts import easy_survival_cohort, labelled_genomics_cohort
 
 import msrl_plugin.aggregators.generated  # noqa: F401  (registers recon_fusion and cvae_fusion)
 from msrl_plugin import Cohort, create_aggregator, list_aggregators
@@ -130,12 +130,7 @@ def test_kl_warmup_and_bad_choices(cohort):
 
 @pytest.mark.parametrize("name", GENERATED)
 def test_classification(name):
-    base = easy_classification_cohort(n=90, seed=4)
-    rng = np.random.default_rng(0)
-    g = rng.normal(size=(90, 6))
-    g[:, 0] += 2.0 * base.labels()
-    cohort = Cohort(base.cases, base.slides, base.bags, base.task,
-                    pd.DataFrame(g, index=base.case_ids, columns=[f"g{j}" for j in range(6)]))
+    cohort = labelled_genomics_cohort()
     train, test = cohort.subset(cohort.case_ids[:60]), cohort.subset(cohort.case_ids[60:])
     model = create_aggregator(name, **{**SMALL, "max_epochs": 15, "seed": 1}).fit(train)
     pred = model.predict(without_genomics(test))

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _cohorts import easy_classification_cohort, easy_survival_cohort
+from _cohorts import easy_survival_cohort, labelled_genomics_cohort
 
 import msrl_plugin.aggregators.multimodal  # noqa: F401  (registers snn and fusion)
 from msrl_plugin import Cohort, create_aggregator, list_aggregators
@@ -117,12 +117,7 @@ def test_bad_choices_and_no_genomics(cohort):
 
 
 def test_classification_for_snn_and_fusion():
-    base = easy_classification_cohort(n=90, seed=4)
-    rng = np.random.default_rng(0)
-    g = rng.normal(size=(90, 6))
-    g[:, 0] += 2.0 * base.labels()
-    cohort = Cohort(base.cases, base.slides, base.bags, base.task,
-                    pd.DataFrame(g, index=base.case_ids, columns=[f"g{j}" for j in range(6)]))
+    cohort = labelled_genomics_cohort()
     train, test = cohort.subset(cohort.case_ids[:60]), cohort.subset(cohort.case_ids[60:])
     runs = [("snn", {**SMALL_SNN, "max_epochs": 8}), ("fusion", {**SMALL_FUSION, "max_epochs": 5})]
     for name, params in runs:

@@ -140,7 +140,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         target.gene_encoder = net.gene_encoder  # phi_G has no EMA counterpart [D: frozen]
         self.model_ = net
         pending: dict[str, Any] = {}
-        self._train(net, data, lambda model, batch: self._step_loss(net, target, data, batch, pending),
+        self._train(net, data, lambda model, batch: self._step_loss(net, target, batch, pending),
                     progress=progress, after_step=lambda batch: self._after_step(net, target, pending),
                     params=[p for p in net.parameters() if p.requires_grad],
                     extra_modules={"target": target})
@@ -158,9 +158,9 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             feats.append(net.real_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics))
         net.buffer.initialise(torch.cat(feats), [data.case_ids[i] for i in chosen.tolist()])
 
-    def _step_loss(self, net: MSRLNetwork, target: MSRLNetwork, data: CaseData, batch: BagBatch,
+    def _step_loss(self, net: MSRLNetwork, target: MSRLNetwork, batch: BagBatch,
                    pending: dict[str, Any]) -> torch.Tensor:
-        ids = [data.case_ids[i] for i in batch.index.tolist()]
+        ids = batch.case_ids
         use_real = batch.has_genomics if self.genomics_at_test else None
         h = net.encode_wsi(batch.x, batch.mask)
         f = net.online_nodes(h, batch.genomics, use_real)
@@ -199,17 +199,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     # -- inference -----------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
         use_real = batch.has_genomics if self.genomics_at_test else None
-        ids = [self._predict_ids[i] for i in batch.index.tolist()] if self._predict_ids else None
-        return model(batch.x, batch.mask, batch.genomics, use_real, ids)
-
-    _predict_ids: list[str] | None = None
-
-    def predict_logits(self, data: CaseData, batch_size: int | None = None) -> torch.Tensor:
-        self._predict_ids = data.case_ids  # a case never reads its own buffer row
-        try:
-            return super().predict_logits(data, batch_size)
-        finally:
-            self._predict_ids = None
+        # the case ids make a case that sits in the buffer skip its own row
+        return model(batch.x, batch.mask, batch.genomics, use_real, batch.case_ids)
 
     @torch.no_grad()
     def buffer_neighbours(self, cohort: Cohort, top: int = 5) -> pd.DataFrame:
@@ -220,7 +211,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         rows = []
         for index in batches(torch.arange(len(data)), self.batch_size):
             batch = collate(data, index).to(self._device())
-            ids = [data.case_ids[i] for i in index.tolist()]
+            ids = batch.case_ids
             use_real = batch.has_genomics if self.genomics_at_test else None
             f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
             _, graph, _ = net.graph_forward(f, ids)
