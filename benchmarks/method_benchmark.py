@@ -126,25 +126,48 @@ def available_methods(requested: list[str], log=print) -> list[str]:
 
 
 def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int], methods: list[str],
-                   n_boot: int, log=print) -> ComparisonResult:
+                   n_boot: int, log=print, seed_dir: Path | None = None) -> ComparisonResult:
+    """Every method on every seed's cohort. With ``seed_dir`` each finished seed's per-fold rows are written
+    there at once, and seeds already written are read back instead of rerun (resume; parallel processes
+    may share the folder with disjoint seeds)."""
     config = tier["base"](**knobs)
     registered = [m for m in methods if m not in EXTERNAL]
     params = {(variant_of(m) or (m,))[0]: dict(tier["msrl"]) for m in registered
               if (variant_of(m) or (m,))[0] in MSRL_FAMILY}
     results = []
     for seed in seeds:
+        done = None if seed_dir is None else seed_dir / f"seed_{seed}.csv"
+        kept = pd.read_csv(done) if done is not None and done.exists() else pd.DataFrame({"model": []})
+        kept = kept[kept["model"].isin(methods)]
+        todo = [m for m in methods if m not in set(kept["model"])]
+        if not todo:
+            log(f"  seed {seed}: read back from {done}")
+            results.append(ComparisonResult(config.task, list(dict.fromkeys(kept["model"])), "abmil", kept, {},
+                                            {}, n_boot=n_boot))
+            continue
+        if len(kept):
+            log(f"  seed {seed}: {sorted(set(kept['model']))} read back from {done}; running {todo}")
         synth = generate_cohort(config, seed)
         cohort = synth.to_cohort()
         folds = [Fold(k, list(tr), list(te), source=f"generator folds (seed {seed})")
                  for k, (tr, te) in enumerate(synth.folds)]
         external = {"oracle": truth_model(synth, "eta"), "wsi_oracle": truth_model(synth, "eta_wsi"),
                     "genomics_cox": genomics_cox}
-        external = {k: v for k, v in external.items() if k in methods}
+        external = {k: v for k, v in external.items() if k in todo}
+        todo_registered = [m for m in registered if m in todo]
+        reference = "abmil" if "abmil" in todo else (todo_registered + list(external))[0]
         log(f"  seed {seed}: {synth} (oracle {synth.truth.oracle_cindex:.3f}, "
             f"WSI oracle {synth.truth.wsi_oracle_cindex:.3f})")
-        results.append(compare_models(cohort, registered, folds, [seed], params, "abmil", tier["budget"],
-                                      external=external, n_boot=n_boot, log=lambda _m: None))
+        result = compare_models(cohort, todo_registered, folds, [seed], params, reference, tier["budget"],
+                                external=external, n_boot=n_boot, log=lambda _m: None)
+        fresh = result.per_fold[result.per_fold["model"].isin(todo)]
+        result.per_fold = pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh
+        result.models = list(dict.fromkeys(result.per_fold["model"]))
+        if done is not None:
+            write_csv(done, result.per_fold)
+        results.append(result)
     merged = merge_results(results)
+    merged.reference = "abmil" if "abmil" in merged.models else merged.reference
     merged.models = [m for m in ORDER if m in merged.models] + [m for m in merged.models if m not in ORDER]
     merged.config = {**merged.config, "knobs": config.to_dict(), "seeds": seeds}
     return merged
@@ -212,10 +235,18 @@ def ordering_table(result: ComparisonResult) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("method").fillna("")
 
 
+def grid_slug(knobs: dict[str, Any]) -> str:
+    return "_".join(f"{k}-{v}" for k, v in sorted(knobs.items())) or "default"
+
+
 def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | None = None,
         grid: list[dict[str, Any]] | None = None, n_boot: int = 5000, out: Path | None = None,
-        log=print) -> dict[str, Any]:
-    tier = TIERS[tier_name]
+        log=print, budget: dict[str, Any] | None = None, msrl: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``budget`` overrides the tier's shared training budget (every registered model); ``msrl`` the MSRL
+    family's own settings."""
+    tier = dict(TIERS[tier_name])
+    tier["budget"] = {**tier["budget"], **(budget or {})}
+    tier["msrl"] = {**tier["msrl"], **(msrl or {})}
     seeds = list(tier["seeds"] if seeds is None else seeds)
     grid = tier["grid"] if grid is None else grid
     methods = available_methods(methods or ORDER, log)
@@ -223,7 +254,8 @@ def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | Non
     for knobs in grid:
         label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "default knobs"
         log(f"\n== {tier_name} tier, {label}: {len(seeds)} seed(s) ==")
-        result = run_grid_point(knobs, tier, seeds, methods, n_boot, log)
+        seed_dir = None if out is None else Path(out) / "seeds" / grid_slug(knobs)
+        result = run_grid_point(knobs, tier, seeds, methods, n_boot, log, seed_dir)
         log(ordering_table(result).to_string())
         orderings = check_orderings(result, result.config["knobs"]["rho"], n_boot)
         if not orderings.empty:
@@ -251,17 +283,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="knobs", action="append", default=[], metavar="KEY=VALUE",
                         help="run one grid point with these knobs instead of the tier's grid (repeatable)")
     parser.add_argument("--default-only", action="store_true", help="only the default-knob grid point")
+    parser.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
+                        help="shared training budget for every model, e.g. max_epochs=20, max_patches=128")
+    parser.add_argument("--msrl-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="MSRL-family setting on top of the budget, e.g. pretrain_epochs=30")
     parser.add_argument("--n-boot", type=int, default=5000)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder; finished seeds are kept there and not rerun")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     grid = [{}] if args.default_only else None
-    if args.knobs:
-        from msrl_plugin.cli_compare import parse_value
+    from msrl_plugin.cli_compare import parse_value
 
-        grid = [{k: parse_value(v) for k, _, v in (item.partition("=") for item in args.knobs)}]
-    run(args.tier, seeds, methods, grid, args.n_boot, args.out)
+    def pairs(items: list[str]) -> dict[str, Any]:
+        return {k: parse_value(v) for k, _, v in (item.partition("=") for item in items)}
+
+    if args.knobs:
+        grid = [pairs(args.knobs)]
+    run(args.tier, seeds, methods, grid, args.n_boot, args.out, budget=pairs(args.budget),
+        msrl=pairs(args.msrl_param))
     return 0
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _cohorts import easy_classification_cohort, easy_survival_cohort
@@ -22,6 +23,24 @@ def test_abmil_module_shapes_and_mask():
     torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_padded_batch_gradients_equal_bag_by_bag():
+    """The packed (segment) path of the pool: same outputs and parameter gradients as one bag at a time."""
+    torch.manual_seed(0)
+    model = ABMIL(16, 4).eval()
+    sizes = [9, 3, 6]
+    bags = [torch.randn(n, 16) for n in sizes]
+    x = torch.zeros(3, 9, 16)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for i, bag in enumerate(bags):
+        x[i, : len(bag)], mask[i, : len(bag)] = bag, True
+    model(x, mask)[0].square().sum().backward()
+    batched = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for bag in bags:
+        model(bag[None])[0].square().sum().backward()
+    for got, want in zip(batched, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
 def test_abmil_learns_easy_survival_task():
     cohort = easy_survival_cohort(n=160, seed=1)
     train, test = cohort.subset(cohort.case_ids[:110]), cohort.subset(cohort.case_ids[110:])
@@ -29,6 +48,25 @@ def test_abmil_learns_easy_survival_task():
     assert model.evaluate(test)["c_index"] > 0.7
     pred = model.predict(test)
     assert list(pred.index) == test.case_ids and "risk" in pred
+
+
+@pytest.mark.parametrize("name", ["abmil", "msrl"])
+def test_bf16_training_learns_and_keeps_float32_weights(name):
+    cohort = easy_survival_cohort(n=160, seed=1)
+    train, test = cohort.subset(cohort.case_ids[:110]), cohort.subset(cohort.case_ids[110:])
+    extra = {"pretrain_epochs": 3, "embed_dim": 32} if name == "msrl" else {}
+    if name == "msrl":
+        genomics = pd.DataFrame(np.random.default_rng(0).normal(size=(len(cohort), 4)), index=cohort.case_ids)
+        train.genomics = genomics.loc[train.case_ids]
+    model = create_aggregator(name, max_epochs=15, seed=0, precision="bf16", **extra).fit(train)
+    assert model.evaluate(test)["c_index"] > 0.7
+    assert np.issubdtype(model.predict(test)["risk"].dtype, np.floating)
+    assert all(p.dtype == torch.float32 for p in model.model_.parameters())
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(MSRLPluginError, match="precision must be"):
+        create_aggregator("abmil", max_epochs=1, precision="fp8").fit(easy_survival_cohort(n=20))
 
 
 def test_abmil_learns_easy_classification_task():

@@ -61,7 +61,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
                  buffer_candidates: int | None = None, candidate_search: str = "torch",
-                 propagation: str = "dense"):
+                 propagation: str = "dense", precision: str = "fp32"):
         store_init_args(self, locals())
 
     # -- modules -------------------------------------------------------------------------------
@@ -160,19 +160,30 @@ class MSRLAggregator(AttentionMixin, Aggregator):
 
     def _step_loss(self, net: MSRLNetwork, target: MSRLNetwork, batch: BagBatch,
                    pending: dict[str, Any]) -> torch.Tensor:
+        # the patch-level encoders run under the caller's autocast (precision='bf16'); the graph and the
+        # losses always in float32
+        h = net.encode_wsi(batch.x, batch.mask).float()
+        sub = self._eligible(batch.has_genomics).nonzero().squeeze(1)
+        h_t = None
+        if len(sub) >= 2:
+            with torch.no_grad():
+                target.eval()
+                h_t = target.encode_wsi(batch.x[sub], batch.mask[sub]).float()
+        with torch.autocast(batch.x.device.type, enabled=False):
+            return self._graph_loss(net, target, batch, h, sub, h_t, pending)
+
+    def _graph_loss(self, net: MSRLNetwork, target: MSRLNetwork, batch: BagBatch, h: torch.Tensor,
+                    sub: torch.Tensor, h_t: torch.Tensor | None, pending: dict[str, Any]) -> torch.Tensor:
         ids = batch.case_ids
         use_real = batch.has_genomics if self.genomics_at_test else None
-        h = net.encode_wsi(batch.x, batch.mask)
         f = net.online_nodes(h, batch.genomics, use_real)
         z, graph, mask = net.graph_forward(f, ids)
         loss = self.task_.loss(net.head(net.readout_features(z, h)), batch.targets)
-        sub = self._eligible(batch.has_genomics).nonzero().squeeze(1)
         pending.clear()
-        if len(sub) >= 2:
+        if h_t is not None:
             sub_ids = [ids[i] for i in sub.tolist()]
             with torch.no_grad():
-                target.eval()
-                f_t = target.real_nodes(target.encode_wsi(batch.x[sub], batch.mask[sub]), batch.genomics[sub])
+                f_t = target.real_nodes(h_t, batch.genomics[sub])
                 # the target graph over the same node sets as the online one, so the two compare entry by entry
                 rows = getattr(graph, "rows", None)
                 z_t, graph_t, _ = target.graph_forward(f_t, sub_ids, None if rows is None else rows[sub])

@@ -25,12 +25,21 @@ class GatedAttentionPool(nn.Module):
         init_xavier(self)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc(x)
-        scores = self.attn_w(self.attn_a(h) * self.attn_b(h)).squeeze(-1)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=1)
-        return torch.bmm(weights.unsqueeze(1), h).squeeze(1), scores
+        if mask is None or bool(mask.all()):
+            h = self.fc(x)
+            scores = self.attn_w(self.attn_a(h) * self.attn_b(h)).squeeze(-1)
+            return torch.bmm(torch.softmax(scores, dim=1).unsqueeze(1), h).squeeze(1), scores
+        # padded batch: the layers run on the real patches only (concatenated, with segment ids), so
+        # padding costs no compute; scores go back to (B, N) with -inf at the padding
+        real = x[mask]
+        segment = mask.nonzero()[:, 0]
+        h = self.fc(real)
+        packed_scores = self.attn_w(self.attn_a(h) * self.attn_b(h)).squeeze(-1)
+        scores = torch.full(mask.shape, float("-inf"), dtype=packed_scores.dtype, device=x.device)
+        scores = scores.masked_scatter(mask, packed_scores)
+        weighted = torch.softmax(scores, dim=1)[mask].unsqueeze(1) * h
+        pooled = torch.zeros(x.shape[0], h.shape[1], dtype=weighted.dtype, device=x.device)
+        return pooled.index_add(0, segment, weighted), scores
 
 
 class ABMIL(nn.Module):
