@@ -146,3 +146,14 @@ def test_packed_cache_gives_the_same_results(demo_dir, tmp_path):
     a = pd.read_csv(tmp_path / "plain" / "abmil_s1" / "split_0_results.csv")
     b = pd.read_csv(tmp_path / "cached" / "abmil_s1" / "split_0_results.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_precision_flag(demo_dir, tmp_path, capsys):
+    base = ["-q", "train", *cohort_args(demo_dir), "--k", "2", "--max_epochs", "1", "--precision", "bf16"]
+    assert run(base + ["--model", "abmil", "--results_dir", str(tmp_path)]) == 0
+    config = (tmp_path / "abmil_s1" / "config.json").read_text()
+    assert '"precision": "bf16"' in config
+    capsys.readouterr()
+    assert run(base + ["--model", "snn", "--results_dir", str(tmp_path / "snn")]) == 2
+    err = capsys.readouterr().err
+    assert "float32 only" in err and "Traceback" not in err and not (tmp_path / "snn").exists()
