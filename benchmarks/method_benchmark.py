@@ -20,6 +20,10 @@ Usage::
     python benchmarks/method_benchmark.py --tier small --default-only --out bench_small  # 120 cases, 10 seeds
     python benchmarks/method_benchmark.py --tier full --out bench   # every grid point, fresh seeds 100-109
     python benchmarks/method_benchmark.py --tier full --default-only --out bench_default  # the closing table
+    # what fits 2 CPU cores in ~1.5 h: a patch cap for every model, 30 GSL pre-training epochs; run two
+    # processes with disjoint --seeds into the same --out, then once more with all seeds to print the tables
+    python benchmarks/method_benchmark.py --tier full --default-only --seeds 100,102,104,106,108 \
+        --budget max_patches=128 --msrl-param pretrain_epochs=30 --out bench_default
 
 MSRL's GSL pre-training epochs come on top of the shared fine-tuning budget (it is part of the method);
 every other setting is the model's default, identical across grid points.
