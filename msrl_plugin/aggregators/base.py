@@ -114,7 +114,7 @@ class Aggregator(BaseEstimator):
         precision = getattr(self, "precision", "fp32")
         if precision not in ("fp32", "bf16"):
             raise BadInputError(f"precision must be 'fp32' or 'bf16', not {precision!r}",
-                                fix="pass --param precision=bf16 or leave the default")
+                                fix="use --precision fp32 (default) or --precision bf16")
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def _train(self, model: nn.Module, data: CaseData, loss_fn: Callable[[nn.Module, BagBatch], torch.Tensor],
