@@ -38,8 +38,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     ([P] paper, [S] SUBLIME, [D] default): k 10 [D], EMA 0.99 [D], buffer 256 [D], tau 0.2 [S/D],
     fine-tuning Adam lr 1e-3 / wd 1e-5 / 30 epochs / batch 8 [D; method.md suggests 1e-4 / batch 32, which
     leaves MSRL untrained on cohorts of ~100 cases (a few dozen steps): measured in the benchmark],
-    embed_dim 256 [D; paper 768], readout ``"node+wsi"`` [D: the head reads concat(z, h); the paper's
-    ``"node"`` (z only) lost to it in equal-budget tuning on seeds 0-4, benchmarks/tune_equal_budget.py].
+    embed_dim 256 [D; paper 768], readout ``"node"`` [P] (``"node+wsi"``, concat(z, h), won equal-budget
+    tuning on the benchmark cohorts but failed to learn an easy cohort that ``"node"`` learns: not default).
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
     """
@@ -53,7 +53,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     def __init__(self, embed_dim: int = 256, attn_dim: int | None = None, k: int = 10, learner_layers: int = 2,
                  learner_activation: str = "tanh", gcn_dropout: float = 0.25, dropout: float = 0.25,
                  snn_activation: str = "selu", buffer_size: int = 256, ema_momentum: float = 0.99,
-                 temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+wsi",
+                 temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node",
                  train_gene_encoder: bool = False,
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 128,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
