@@ -30,6 +30,7 @@ from msrl_plugin.adapters import load_cohort
 from msrl_plugin.adapters.packed_cache import build_or_update_packed_cache
 
 from msrl_plugin.aggregators.abmil import ABMILAggregator
+from msrl_plugin.cli_compare import parse_value
 from msrl_plugin.cohort import Cohort
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
@@ -84,13 +85,10 @@ def clam_style_fit(agg: ABMILAggregator, cohort: Cohort,
 
 
 def parse_config(text: str) -> dict[str, object]:
-    """``"precision=bf16,batch_size=1"`` -> overrides of ABMILAggregator's parameters."""
-    defaults = ABMILAggregator().get_params()
-    out: dict[str, object] = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        out[key] = None if value == "None" else type(defaults[key])(value)
-    return out
+    """``"precision=bf16,batch_size=1"`` -> overrides of ABMILAggregator's parameters (values as the CLI reads
+    them: numbers, ``null`` / ``None``, strings)."""
+    pairs = (item.partition("=") for item in filter(None, text.split(",")))
+    return {key: None if value == "None" else parse_value(value) for key, _, value in pairs}
 
 
 def main(argv: list[str] | None = None) -> int:
