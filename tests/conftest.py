@@ -1,6 +1,7 @@
 """Shared fixtures: the genuine toolkit outputs in ../shared (skipped when absent) and bag-file writers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,6 +9,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests are deterministic by default (the same examples on every run, CI included); set
+# HYPOTHESIS_PROFILE=explore to search new random examples locally. Found failures become @example cases.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 TRIDENT_COORD_ATTRS = {
     "level0_height": 2967, "level0_magnification": 20, "level0_width": 2220, "name": "slide", "overlap": 0,

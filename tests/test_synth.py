@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -117,10 +116,7 @@ def test_in_memory_shapes_and_dtypes(cohort):
 
 # -- on disk -------------------------------------------------------------------------------------
 def test_write_cohort_layout_and_formats(cohort, tmp_path):
-    start = time.perf_counter()
     paths = write_cohort(cohort, tmp_path / "job")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0, f"writing the test tier took {elapsed:.2f}s"
     feats_dir = tmp_path / "job" / "20x_256px_0px_overlap" / "features_synthetic"
     assert paths["features_dir"] == feats_dir.resolve()
     slide = cohort.cases["slide_id"][0]
