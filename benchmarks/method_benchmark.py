@@ -17,6 +17,9 @@ Methods, in the protocol's order (those not registered yet are skipped with a no
 Usage::
 
     python benchmarks/method_benchmark.py --tier test              # ~8 CPU-minutes (2 cores), machinery only
+    python benchmarks/method_benchmark.py --tier quick --default-only --methods abmil,msrl,msrl_shuffled_buffer
+                                                                   # iteration: ~15 min, tuning seeds 0-4
+    python benchmarks/method_benchmark.py --tier full --grid efficiency --out bench_eff   # n_train 100/200/400
     python benchmarks/method_benchmark.py --tier small --default-only --out bench_small  # 120 cases, 10 seeds
     python benchmarks/method_benchmark.py --tier full --out bench   # every grid point, fresh seeds 100-109
     python benchmarks/method_benchmark.py --tier full --default-only --out bench_default  # the closing table
@@ -65,7 +68,18 @@ ORDERINGS = [
     ("~", "msrl_shuffled_buffer", "abmil", "shuffled buffer drops MSRL to ABMIL level"),
 ]
 
+#: named grids (``--grid NAME``) over one knob; n_cases with leave-one-of-4-sites-out folds gives n_train ~ 3/4
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "efficiency": [{"n_cases": 133}, {"n_cases": 267}, {"n_cases": 533}],  # n_train ~ 100 / 200 / 400
+    "w_hidden": [{"w_hidden": w} for w in (0.0, 0.5, 1.0, 2.0)],
+}
+
 TIERS: dict[str, dict[str, Any]] = {
+    # iteration tier (~15 min on 2 cores for abmil, msrl and its control): 200 cases of the test-tier sizes,
+    # tuning seeds 0-4 only; what it suggests is confirmed on the full tier's report seeds
+    "quick": {"base": lambda **kw: CohortConfig.test_tier(**{"n_cases": 200, **kw}), "grid": [{}, {"rho": 0.0}],
+              "seeds": list(range(5)), "budget": {"max_epochs": 20, "max_patches": 128},
+              "msrl": {"pretrain_epochs": 30, "embed_dim": 64}},
     # the test tier checks the machinery (minutes on 2 cores); its numbers are not evidence
     "test": {"base": lambda **kw: CohortConfig.test_tier(**{"n_cases": 96, "bag_max": 64, **kw}),
              "grid": [{}, {"rho": 0.0}], "seeds": [0, 1],
@@ -164,6 +178,7 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
             f"WSI oracle {synth.truth.wsi_oracle_cindex:.3f})")
         result = compare_models(cohort, todo_registered, folds, [seed], params, reference, tier["budget"],
                                 external=external, n_boot=n_boot, log=lambda _m: None)
+        add_truth_correlation(result, synth.truth.eta)
         fresh = result.per_fold[result.per_fold["model"].isin(todo)]
         result.per_fold = pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh
         result.models = list(dict.fromkeys(result.per_fold["model"]))
@@ -175,6 +190,19 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
     merged.models = [m for m in ORDER if m in merged.models] + [m for m in merged.models if m not in ORDER]
     merged.config = {**merged.config, "knobs": config.to_dict(), "seeds": seeds}
     return merged
+
+
+def add_truth_correlation(result: ComparisonResult, eta: pd.Series) -> None:
+    """Per (model, seed, fold): ``spearman_eta``, the rank correlation of the predicted risk with the
+    generator's true log-hazard on the test cases; far less noisy than the c-index on small folds."""
+    from scipy.stats import spearmanr
+
+    values = {}
+    for (model, seed), pred in result.predictions.items():
+        for fold, part in pred.groupby("fold"):
+            values[(model, seed, fold)] = spearmanr(part["risk"], eta.loc[part.index]).correlation
+    keys = zip(result.per_fold["model"], result.per_fold["seed"], result.per_fold["fold"])
+    result.per_fold["spearman_eta"] = [values.get(k, np.nan) for k in keys]
 
 
 def wsi_only(method: str) -> bool:
@@ -222,7 +250,8 @@ def check_orderings(result: ComparisonResult, rho: float, n_boot: int,
 
 
 def ordering_table(result: ComparisonResult) -> pd.DataFrame:
-    """Methods in protocol order: c-index mean +- sd and the paired difference vs ABMIL."""
+    """Methods in protocol order: c-index (and Spearman with the true eta) mean +- sd, the paired c-index
+    difference vs ABMIL."""
     summary = result.summary()
     paired = result.paired()
     paired = paired[paired["metric"] == "c_index"].set_index("model")
@@ -230,6 +259,9 @@ def ordering_table(result: ComparisonResult) -> pd.DataFrame:
     for model in result.models:
         row = {"method": model, "c_index": stats.format_mean_sd(summary.loc[model, "c_index_mean"],
                                                                 summary.loc[model, "c_index_sd"])}
+        if "spearman_eta_mean" in summary:
+            row["spearman_eta"] = stats.format_mean_sd(summary.loc[model, "spearman_eta_mean"],
+                                                       summary.loc[model, "spearman_eta_sd"])
         if model in paired.index:
             p = paired.loc[model]
             row.update({"diff_vs_abmil": f"{p['mean_diff']:+.3f}",
@@ -261,10 +293,12 @@ def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | Non
         seed_dir = None if out is None else Path(out) / "seeds" / grid_slug(knobs)
         result = run_grid_point(knobs, tier, seeds, methods, n_boot, log, seed_dir)
         log(ordering_table(result).to_string())
-        orderings = check_orderings(result, result.config["knobs"]["rho"], n_boot)
-        if not orderings.empty:
-            log("\nexpected orderings (paired over seed x fold, c-index):")
-            log(orderings.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+        rho = result.config["knobs"]["rho"]
+        orderings = pd.concat([check_orderings(result, rho, n_boot, metric).assign(metric=metric)
+                               for metric in ("c_index", "spearman_eta")], ignore_index=True)
+        for metric, part in orderings.groupby("metric", sort=False):
+            log(f"\nexpected orderings (paired over seed x fold, {metric}):")
+            log(part.drop(columns="metric").to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
         all_folds.append(result.per_fold.assign(grid=label))
         all_orderings.append(orderings.assign(grid=label))
     per_fold = pd.concat(all_folds, ignore_index=True)
@@ -287,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="knobs", action="append", default=[], metavar="KEY=VALUE",
                         help="run one grid point with these knobs instead of the tier's grid (repeatable)")
     parser.add_argument("--default-only", action="store_true", help="only the default-knob grid point")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default=None,
+                        help="a named grid instead of the tier's: efficiency (n_train ~100/200/400), w_hidden")
     parser.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
                         help="shared training budget for every model, e.g. max_epochs=20, max_patches=128")
     parser.add_argument("--msrl-param", action="append", default=[], metavar="KEY=VALUE",
@@ -297,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    grid = [{}] if args.default_only else None
+    grid = [{}] if args.default_only else (GRIDS[args.grid] if args.grid else None)
     from msrl_plugin.cli_compare import parse_value
 
     def pairs(items: list[str]) -> dict[str, Any]:

@@ -326,8 +326,11 @@ def pretrain(**kw):
     pre = model.pretrain(data, progress=not click.get_current_context().find_root().obj["quiet"])
     path = save_pretrained(kw["out"], pre, model.feature_dim_, model.genomics_columns_, cohort.case_ids,
                            model.get_params(), model.pretrain_history_)
-    first, last = model.pretrain_history_[0]["loss"], model.pretrain_history_[-1]["loss"]
-    click.echo(f"L_gsl {first:.4f} -> {last:.4f} over {len(model.pretrain_history_)} epochs; saved {path}")
+    from .pretrain_io import write_pretrain_report
+
+    for line in write_pretrain_report(path, model.pretrain_history_):
+        click.echo(line)
+    click.echo(f"saved {path}")
 
 
 @cli.command("list-models")

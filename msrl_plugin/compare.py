@@ -31,7 +31,7 @@ from .cohort import SURVIVAL, Cohort
 from .errors import MSRLPluginError
 from .experiment import SELECTION_RULE
 from .metrics_extra import survival_extras
-from .registry import create_aggregator, get_aggregator_class
+from .registry import create_aggregator, get_aggregator_class, list_aggregators
 from .splits import Fold, kfold_splits
 from .survival import concordance_index, fit_bin_edges
 
@@ -81,6 +81,18 @@ def variant_of(name: str) -> tuple[str, Callable[[Aggregator, int], Aggregator]]
         raise MSRLPluginError(f"unknown model variant {transform!r} in {name!r}",
                               fix=f"known variants: {', '.join(TRANSFORMS)} (e.g. msrl:shuffled_buffer)")
     return base, TRANSFORMS[transform]
+
+
+def borrowing_controls(models: list[str]) -> list[str]:
+    """The shuffled-buffer control of every plain model here whose buffer holds real genomics."""
+    out = []
+    for name in models:
+        if variant_of(name) or name not in list_aggregators():
+            continue
+        cls = get_aggregator_class(name)
+        if getattr(cls, "modality", None) == "fused" and hasattr(cls, "with_shuffled_buffer"):
+            out.append("msrl_shuffled_buffer" if name == "msrl" else f"{name}:shuffled_buffer")
+    return out
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -155,10 +167,38 @@ class ComparisonResult:
         out["n"] = summary["n"]
         return out
 
+    def borrowing(self) -> pd.DataFrame:
+        """The borrowing check of every model compared with its shuffled-buffer control (``m`` and
+        ``m:shuffled_buffer``): paired difference model - control on the primary metric, bootstrap CI,
+        Wilcoxon p and a verdict ("evidence of borrowing" only when the CI lies above 0)."""
+        metric = self.primary_metric
+        rows = []
+        for control in self.models:
+            variant = variant_of(control)
+            if variant is None or variant[1] is not shuffle_buffer_genomics or variant[0] not in self.models:
+                continue
+            model = variant[0]
+            diffs = stats.paired_differences(self.per_fold[self.per_fold["model"].isin([model, control])],
+                                             control, metric)["diff"].to_numpy(float)
+            lo, hi = stats.bootstrap_ci(diffs, self.n_boot)
+            verdict = ("evidence of borrowing" if lo > 0 else
+                       "no evidence of borrowing (CI covers 0)" if hi >= 0 else "shuffled buffer scores higher")
+            rows.append({"model": model, "control": control, "metric": metric,
+                         "mean_diff": float(diffs.mean()) if diffs.size else float("nan"), "ci_low": lo,
+                         "ci_high": hi, "wilcoxon_p": stats.wilcoxon_p(diffs), "n_pairs": int(diffs.size),
+                         "verdict": verdict})
+        return pd.DataFrame(rows, columns=["model", "control", "metric", "mean_diff", "ci_low", "ci_high",
+                                           "wilcoxon_p", "n_pairs", "verdict"])
+
     def format(self) -> str:
         head = (f"{len(self.models)} models x {len(self.seeds)} seed(s), {self.config.get('n_folds', '?')} "
                 f"folds; paired vs {self.reference!r} over (seed, fold)")
-        return head + "\n" + self.table().to_string()
+        lines = [head, self.table().to_string()]
+        for row in self.borrowing().itertuples():
+            lines.append(f"borrowing check: {row.model} - {row.control} = {row.mean_diff:+.3f} {row.metric} "
+                         f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}], Wilcoxon p {row.wilcoxon_p:.3g}, "
+                         f"{row.n_pairs} pairs: {row.verdict}")
+        return "\n".join(lines)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``comparison.csv, paired.csv, per_fold.csv, predictions/<model>_seed<s>.csv,
@@ -169,6 +209,10 @@ class ComparisonResult:
         write_csv(paths["comparison"], self.summary(), index=True)
         write_csv(paths["paired"], self.paired())
         write_csv(paths["per_fold"], self.per_fold)
+        borrowing = self.borrowing()
+        if len(borrowing):
+            paths["borrowing"] = out / "borrowing.csv"
+            write_csv(paths["borrowing"], borrowing)
         for (model, seed), frame in self.predictions.items():
             write_csv(out / "predictions" / f"{file_stem(model)}_seed{seed}.csv", frame, index=True)
         write_json(paths["config"], self.config)
@@ -285,17 +329,21 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
                    params: dict[str, dict[str, Any]] | None = None, reference: str = "abmil",
                    budget: dict[str, Any] | None = None, external: dict[str, ExternalModel] | None = None,
                    n_boot: int = 10_000, out_dir: str | Path | None = None, progress: bool = False,
-                   log: Callable[[str], None] = print) -> ComparisonResult:
+                   log: Callable[[str], None] = print, borrowing_check: bool = True) -> ComparisonResult:
     """Run every model on the same ``(seed, fold)`` pairs and compare them against ``reference``.
 
     ``folds``: ``k`` (stratified k-fold drawn per seed) or a fixed list of folds used for every seed.
     ``seeds``: model seeds (and fold seeds when ``folds`` is ``k``). ``budget``: keys applied to every model
     that accepts them (default ``max_epochs=20``). ``external``: extra name -> callable models (oracles,
     simple baselines) scored the same way. ``models`` may name post-fit variants (:func:`variant_of`).
+    ``borrowing_check``: every model with real genomics in its buffer also runs as its shuffled-buffer
+    control (a post-fit copy, no extra training) and :meth:`ComparisonResult.borrowing` reports the effect.
     """
     budget = dict(DEFAULT_BUDGET if budget is None else budget)
     external = dict(external or {})
     models = list(dict.fromkeys(models))
+    if borrowing_check:
+        models += [c for c in borrowing_controls(models) if c not in models]
     names = models + [e for e in external if e not in models]
     if reference not in names:
         raise MSRLPluginError(f"reference model {reference!r} is not among the compared models",

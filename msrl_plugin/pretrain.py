@@ -34,6 +34,9 @@ class PretrainSettings:
     temperature: float = 0.2            # [S]
     max_patches: int | None = 4096
     max_anchor_cases: int = 8192        # above this the anchor is a kNN graph of the batch (memory O(N^2))
+    inter_level: str = "node+graph"     # L_inter on the GCN outputs ("graph" [P/D]) and on phi_H, phi_G too [D]
+    holdout: float = 0.15               # [D] share of cases with genomics kept out to score retrieval per epoch
+    retrieval_k: int = 5                # [D] recall@k of WSI -> genomics retrieval on the held-out cases
 
 
 class AnchorGraphs:
@@ -87,21 +90,76 @@ def gsl_loss(model: GSLPretrainModel, batch, anchors: AnchorGraphs, settings: Pr
         qh, qg, qf = stacks["H"].q(z_h[sub]), stacks["G"].q(z_g), stacks["F"].q(z_f)
         terms["intra"] = terms["intra"] + info_nce(stacks["G"].p(z_g), stacks["G"].p(z_g_aug), tau)
         terms["inter"] = info_nce(qh, qg, tau)
+        if settings.inter_level == "node+graph":  # [D] also align phi_H(X_I) with phi_G(X_G) before the graph
+            terms["inter"] = terms["inter"] + info_nce(model.cross["H"](h[sub]), model.cross["G"](g), tau)
         terms["fused"] = (info_nce(stacks["F"].p(z_f), stacks["F"].p(z_f_aug), tau)
                           + 0.5 * (info_nce(qf, qh, tau) + info_nce(qf, qg, tau)))
     return terms
 
 
+INTER_LEVELS = ("graph", "node+graph")
+
+
+def split_holdout(data: CaseData, settings: PretrainSettings, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the cases stage 1 trains on and of the held-out cases with genomics that score retrieval.
+
+    No case is held out when fewer than 16 cases have genomics (retrieval over < 8 cases says little); at
+    most 512 are (the retrieval graph is dense over them).
+    """
+    with_genomics = data.has_genomics.nonzero().squeeze(1)
+    n_out = min(512, int(round(settings.holdout * len(with_genomics)))) if len(with_genomics) >= 16 else 0
+    held = with_genomics[torch.randperm(len(with_genomics), generator=generator)[:n_out]].sort().values
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[held] = False
+    return keep.nonzero().squeeze(1), held
+
+
+@torch.no_grad()
+def cross_modal_retrieval(model: GSLPretrainModel, data: CaseData, index: torch.Tensor, k: int,
+                          device: torch.device, max_patches: int | None = None, node_level: bool = True) -> float:
+    """Recall@k of WSI -> genomics retrieval over ``index`` (cases with genomics): for each case, is its own
+    genomic embedding among the k nearest (cosine) to its WSI embedding? Chance is k / len(index).
+
+    The space is that of the encoders fine-tuning inherits (phi_H, phi_G through the node-level L_inter
+    projections) or, without them (``inter_level="graph"``), the graph-level q-space over a graph built
+    over these cases alone. Eval mode."""
+    was_training = model.training
+    model.eval()
+    hs, gs = [], []
+    for part in batches(index, 32):  # bags embedded a few at a time: memory O(32 bags)
+        batch = collate(data, part, max_patches).to(device)
+        hs.append(model.wsi_encoder(batch.x, batch.mask)[0])
+        gs.append(model.gene_encoder(batch.genomics))
+    h, g = torch.cat(hs), torch.cat(gs)
+    stacks = model.stacks
+    if node_level:
+        qh, qg = model.cross["H"](h), model.cross["G"](g)
+    else:
+        qh = stacks["H"].q(stacks["H"].gcn(h, stacks["H"].learner(h).adj))
+        qg = stacks["G"].q(stacks["G"].gcn(g, stacks["G"].learner(g).adj))
+    sim = torch.nn.functional.normalize(qh, dim=1) @ torch.nn.functional.normalize(qg, dim=1).t()
+    top = sim.topk(min(k, len(index)), dim=1).indices
+    model.train(was_training)
+    return float((top == torch.arange(len(index), device=device)[:, None]).any(dim=1).float().mean())
+
+
 def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSettings, generator: torch.Generator,
                  device: torch.device, progress: bool = False) -> list[dict[str, float]]:
-    """Train ``model`` in place on the given (training) cases; returns the per-epoch mean losses."""
+    """Train ``model`` in place on the given (training) cases; returns one row per epoch: the mean of each loss
+    term and, when cases were held out, ``recall_at_k`` (WSI -> genomics retrieval on them) and its ``chance``.
+    """
+    if settings.inter_level not in INTER_LEVELS:
+        raise ValueError(f"inter_level must be one of {INTER_LEVELS}, got {settings.inter_level!r}")
     model.to(device).train()
+    train_idx, held = split_holdout(data, settings, generator)
     anchors = AnchorGraphs(len(data), settings, model.stacks["H"].learner.k, device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history = []
-    for _ in tqdm(range(settings.epochs), desc="GSL pre-training", disable=not progress, leave=False):
+    bar = tqdm(range(settings.epochs), desc="GSL pre-training", disable=not progress, leave=False)
+    for _ in bar:
         epoch = []
-        for index in batches(torch.randperm(len(data), generator=generator), settings.batch_size):
+        for index in batches(train_idx[torch.randperm(len(train_idx), generator=generator)], settings.batch_size):
             if len(index) < 2:
                 continue
             batch = collate(data, index, settings.max_patches, generator).to(device)
@@ -111,5 +169,11 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
             loss.backward()
             optimiser.step()
             epoch.append({"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
-        history.append({k: float(np.mean([e.get(k, np.nan) for e in epoch])) for k in epoch[0]} if epoch else {})
+        row = {k: float(np.mean([e.get(k, np.nan) for e in epoch])) for k in epoch[0]} if epoch else {}
+        if len(held) >= 2 and model.gene_encoder is not None:
+            row["recall_at_k"] = cross_modal_retrieval(model, data, held, settings.retrieval_k, device,
+                                                       settings.max_patches, settings.inter_level != "graph")
+            row["chance"] = min(1.0, settings.retrieval_k / len(held))
+            bar.set_postfix(loss=f"{row.get('loss', np.nan):.3f}", recall=f"{row['recall_at_k']:.2f}")
+        history.append(row)
     return history

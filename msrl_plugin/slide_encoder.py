@@ -7,7 +7,8 @@ trained model's task head reads:
 
 - ABMIL: the ``rho`` embedding (``rho(attention pool)``, 256-d by default);
 - MSRL and its variants: the case's post-graph node embedding ``z`` (``embed_dim``), computed from the WSI
-  alone with the frozen buffer of real training cases (``concat(z, h)`` for ``readout='node+wsi'``).
+  alone with the frozen buffer of real training cases (with h or the case's node features f for the
+  ``node+wsi`` / ``node+case`` readouts, and the borrowed genomic-risk logits last for ``borrow='genomic_risk'``).
   ``msrl_multi`` is encoded WSI-only too (the slide-feature step has no genomics).
 
 So ``encoder.head(embedding)`` gives the same logits as the aggregator's ``predict`` for that slide.
@@ -48,12 +49,33 @@ class _ABMILEmbedding(_HeadInput):
 
 
 class _MSRLEmbedding(_HeadInput):
-    """z from each case's graph over [case; buffer] (WSI only), with h when the readout uses it."""
+    """z from each case's graph over [case; buffer] (WSI only), with h or f when the readout uses them, and
+    the borrowed genomic-risk logits last when the model borrows (``borrow='genomic_risk'``)."""
+
+    @property
+    def dim(self) -> int:
+        borrowed = 0 if self.net.genomic_head is None else self.net.head.out_features
+        return self.net.head.in_features + borrowed
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, case_ids: list[str] | None) -> torch.Tensor:
         h = self.net.encode_wsi(x, mask)
-        z = self.net.graph_forward(self.net.online_nodes(h), case_ids)[0]
-        return self.net.readout_features(z, h)
+        f = self.net.online_nodes(h)
+        z, graph, _ = self.net.graph_forward(f, case_ids)
+        out = self.net.readout_features(z, f, h)
+        return out if self.net.genomic_head is None else torch.cat([out, self.net.borrowed_logits(graph)], 1)
+
+
+class _HeadPlusBorrowed(nn.Module):
+    """``head(embedding)`` for a borrowing MSRL: the mean of the task head on the readout part and the
+    borrowed logits (as :meth:`MSRLNetwork.logits`)."""
+
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        self.head = head
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        n = self.head.in_features
+        return (self.head(embedding[:, :n]) + embedding[:, n:]) / 2
 
 
 def _embedding_module(net: nn.Module, model_name: str) -> nn.Module:
@@ -110,7 +132,8 @@ class SlideEncoder(nn.Module):
                                 fix="fit it or load a checkpoint first")
         net = copy.deepcopy(model.model_).cpu()
         embedder = _embedding_module(net, model.name)
-        return cls(name or model.name, embedder, net.head, model.feature_dim_, model.name, case_of_slide)
+        head = _HeadPlusBorrowed(net.head) if getattr(net, "genomic_head", None) is not None else net.head
+        return cls(name or model.name, embedder, head, model.feature_dim_, model.name, case_of_slide)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str | None = None,

@@ -144,3 +144,63 @@ def test_dense_propagation_equals_torch_geometric_message_passing(split):
     pyg.model_ = pyg._build_model(dense.feature_dim_, len(dense.genomics_columns_), dense.task_.n_outputs)
     pyg.model_.load_state_dict(dense.model_.state_dict())
     np.testing.assert_allclose(pyg.predict(test)["risk"], dense.predict(test)["risk"], atol=1e-5)
+
+
+# -- borrowing, alignment and the phi_G fixes ----------------------------------------------------------
+def test_borrowed_logits_come_from_the_buffers_real_genomics(fitted, split):
+    """The borrowed term reads the buffer's genomic half: permuting it changes the term, zeroing the
+    genomic head removes it, and the prediction is the mean of the head and the borrowed term."""
+    from msrl_plugin.batching import collate
+
+    net = fitted.model_.eval()
+    data = fitted._case_data(split[1])
+    batch = collate(data, torch.arange(6))
+    with torch.no_grad():
+        h = net.encode_wsi(batch.x, batch.mask)
+        f = net.online_nodes(h)
+        z, graph, _ = net.graph_forward(f, batch.case_ids)
+        borrowed = net.borrowed_logits(graph)
+        own = net.head(net.readout_features(z, f, h))
+        np.testing.assert_allclose(net.logits(z, f, h, graph), (own + borrowed) / 2, atol=1e-6)
+        w = graph.adj[:, 0, 1:] / graph.adj[:, 0, 1:].sum(1, keepdim=True)
+        rows = net.genomic_head(net.buffer.features[:, : net.embed_dim])
+        np.testing.assert_allclose(borrowed, w @ rows, atol=1e-5)
+    shuffled = fitted.with_shuffled_buffer(seed=2).model_.eval()
+    with torch.no_grad():
+        _, graph_s, _ = shuffled.graph_forward(f, batch.case_ids)
+        assert not torch.allclose(shuffled.borrowed_logits(graph_s), borrowed)
+
+
+def test_paper_forms_stay_available(split):
+    """readout='node', borrow='none', f_align='paper' give the paper's network (no genomic head)."""
+    model = create_aggregator("msrl", **FAST, readout="node", borrow="none", f_align="paper").fit(split[0])
+    assert model.model_.genomic_head is None and model.model_.head.in_features == FAST["embed_dim"]
+    assert np.isfinite(model.predict(split[1])["risk"]).all()
+
+
+def test_target_branch_has_its_own_gene_encoder(split, monkeypatch):
+    """phi_G is no longer shared with the target (whose eval() disabled the online AlphaDropout), and
+    train_gene_encoder=True trains it for msrl too (the genomic teacher loss reaches it)."""
+    from msrl_plugin.aggregators.msrl import MSRLAggregator
+
+    start = {}
+    original = MSRLAggregator._initialise_buffer
+
+    def record(self, net, data, eligible):  # called after stage 1 is transferred, before fine-tuning
+        start[self.train_gene_encoder] = net.gene_encoder.net[0].weight.detach().clone()
+        return original(self, net, data, eligible)
+
+    monkeypatch.setattr(MSRLAggregator, "_initialise_buffer", record)
+    frozen = create_aggregator("msrl", **FAST).fit(split[0])
+    trained = create_aggregator("msrl", **FAST, train_gene_encoder=True).fit(split[0])
+    assert torch.equal(frozen.model_.gene_encoder.net[0].weight, start[False])
+    assert not torch.allclose(trained.model_.gene_encoder.net[0].weight, start[True])
+
+
+def test_coverage_flags_cases_unlike_the_buffer(fitted, split):
+    pred = fitted.predict(split[1])
+    assert {"neighbour_coverage", "outside_buffer_coverage"} <= set(pred.columns)
+    assert np.isfinite(pred["neighbour_coverage"]).all() and np.isfinite(fitted.coverage_threshold_)
+    assert pred["outside_buffer_coverage"].dtype == bool
+    train_coverage = fitted.neighbour_coverage(fitted._case_data(split[0]))
+    assert np.mean(train_coverage < fitted.coverage_threshold_) == pytest.approx(0.05, abs=0.03)

@@ -53,7 +53,8 @@ def test_contract_attributes_and_trident_call(which, request, cohort):
     encoder = SlideEncoder.from_aggregator(model, f"{which}-uni_v1")
     assert isinstance(encoder, torch.nn.Module)
     assert encoder.enc_name == f"{which}-uni_v1" and encoder.precision == torch.float32
-    assert encoder.embedding_dim == (256 if which == "abmil" else model.embed_dim)
+    # MSRL (readout node+case, borrowing): concat(z (d), f = [g~, h] (2d)) then the borrowed logits (4 bins)
+    assert encoder.embedding_dim == (256 if which == "abmil" else 3 * model.embed_dim + 4)
     emb = trident_call(encoder, trident_batch(cohort.load_bag(cohort.case_ids[30]).features))
     assert emb.shape == (encoder.embedding_dim,) and emb.dtype == np.float32 and np.isfinite(emb).all()
     assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training

@@ -8,6 +8,7 @@ import copy
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from ..cohort import Cohort
 from ..errors import CheckpointError
 from ..nn.ema import ema_update, make_target
 from ..nn.gsl_pretrain import GSLPretrainModel
-from ..nn.losses import balanced_bce, info_nce
+from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
+from ..nn.graph_learner import GraphLearner
 from ..nn.msrl import MSRLNetwork
 from ..pretrain import PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
@@ -38,8 +40,27 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     ([P] paper, [S] SUBLIME, [D] default): k 10 [D], EMA 0.99 [D], buffer 256 [D], tau 0.2 [S/D],
     fine-tuning Adam lr 1e-3 / wd 1e-5 / 30 epochs / batch 8 [D; method.md suggests 1e-4 / batch 32, which
     leaves MSRL untrained on cohorts of ~100 cases (a few dozen steps): measured in the benchmark],
-    embed_dim 256 [D; paper 768], readout ``"node"`` [P] (``"node+wsi"``, concat(z, h), won equal-budget
-    tuning on the benchmark cohorts but failed to learn an easy cohort that ``"node"`` learns: not default).
+    embed_dim 256 [D; paper 768].
+
+    Departures from the paper's form, each a keyword whose paper value stays available (why: the measured
+    diagnosis of issue 11 and ``benchmarks/README.md``, section "MSRL, second design"):
+
+    - ``readout="node+case"`` [D] (paper: ``"node"``): the head reads concat(z, f), a skip connection; the case
+      node keeps ~0.15 of its own weight in its graph, so a head on z reads mostly neighbours.
+    - ``borrow="genomic_risk"`` [D] (paper: ``"none"``): a genomic risk head r_G, trained on the training
+      cases' real genomic embeddings (``genomic_teacher_weight``), scores every buffer row's real genomics;
+      the case's borrowed risk is the edge-weighted mean over its buffer neighbours. The prediction is the
+      mean of the head's logits and the borrowed ones, each trained on the task alone (joined training let
+      the head cancel the borrowed term). The shuffled-buffer control permutes exactly what is borrowed.
+    - ``f_align="genomic"`` [D] (paper: ``"paper"``, InfoNCE over concat(g, h), which the h halves satisfy
+      alone): the inductor's g~ against the case's real g^, the buffer's other real genomics as negatives.
+    - ``pretrain_inter_level="node+graph"`` [D] (``"graph"``): L_inter also aligns phi_H(X_I) with
+      phi_G(X_G) before the graph (the graph-level term alone did not move in 150 steps);
+      ``pretrain_batch_size=32`` [D] for enough optimiser steps on small cohorts; ``pretrain_holdout`` cases
+      score WSI -> genomics retrieval every epoch (``pretrain_history_``).
+    - ``distill_weight`` [D: 0, off]: MSE of the WSI-only logits to the case's own genomic-risk logits.
+    - ``train_gene_encoder`` now trains phi_G for every variant (the target branch keeps its own copy: frozen,
+      or the EMA of the trained one); before, phi_G was shared and the target's eval() disabled its dropout.
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
     """
@@ -53,11 +74,15 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     def __init__(self, embed_dim: int = 256, attn_dim: int | None = None, k: int = 10, learner_layers: int = 2,
                  learner_activation: str = "tanh", gcn_dropout: float = 0.25, dropout: float = 0.25,
                  snn_activation: str = "selu", buffer_size: int = 256, ema_momentum: float = 0.99,
-                 temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node",
+                 temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+case",
+                 borrow: str = "genomic_risk", f_align: str = "genomic", genomic_teacher_weight: float = 1.0,
+                 distill_weight: float = 0.0,
                  train_gene_encoder: bool = False,
-                 pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 128,
+                 pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 32,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
-                 anchor_tau: float = 0.999, anchor_init: str = "identity", pretrained: str | None = None,
+                 anchor_tau: float = 0.999, anchor_init: str = "identity", pretrain_holdout: float = 0.15,
+                 pretrain_inter_level: str = "node+graph",
+                 pretrained: str | None = None,
                  max_epochs: int = 30, lr: float = 1e-3, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
@@ -71,7 +96,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                            self.embed_dim, self.attn_dim, self.modality, self.graph, self.k, self.learner_layers,
                            self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
                            getattr(self, "buffer_rows_", self.buffer_size), self.readout,
-                           self.buffer_candidates, self.candidate_search, self.propagation)
+                           self.buffer_candidates, self.candidate_search, self.propagation,
+                           self.borrow if self.modality == "fused" else "none")
 
     def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
         return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,
@@ -84,7 +110,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         model = self._pretrain_model(self.feature_dim_, len(self.genomics_columns_))
         settings = PretrainSettings(self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size,
                                     self.maskfeat_rate_learner, self.maskfeat_rate_anchor, self.anchor_tau,
-                                    self.anchor_init, self.temperature, self.max_patches)
+                                    self.anchor_init, self.temperature, self.max_patches,
+                                    inter_level=self.pretrain_inter_level, holdout=self.pretrain_holdout)
         show = self.verbose if progress is None else progress
         start = time.perf_counter()
         self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show)
@@ -99,7 +126,10 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             raise CheckpointError("pre-trained model was trained on other features or genomic columns",
                                   self.pretrained, "pre-train on the same feature and genomics tables")
         model = self._pretrain_model(self.feature_dim_, len(self.genomics_columns_))
-        model.load_state_dict(ckpt["state_dict"])
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        if unexpected or any(not k.startswith("cross.") for k in missing):  # older files lack only `cross`
+            raise CheckpointError("pre-trained model does not match this MSRL configuration", self.pretrained,
+                                  "pre-train again with the same embed_dim, k and modality")
         self.pretrain_history_ = []
         return model
 
@@ -136,15 +166,15 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             net.gene_encoder.requires_grad_(self.train_gene_encoder)
         if not resuming:
             self._initialise_buffer(net, data, eligible)
-        target = make_target(net)
+        target = make_target(net)  # its own phi_G copy: frozen [D], or the EMA of a trained online phi_G
         target.buffer = net.buffer        # one buffer, read by both branches
-        target.gene_encoder = net.gene_encoder  # phi_G has no EMA counterpart [D: frozen]
         self.model_ = net
         pending: dict[str, Any] = {}
         self._train(net, data, lambda model, batch: self._step_loss(net, target, batch, pending),
                     progress=progress, after_step=lambda batch: self._after_step(net, target, pending),
                     params=[p for p in net.parameters() if p.requires_grad],
                     extra_modules={"target": target})
+        self._fit_coverage(data)
         return self
 
     @torch.no_grad()
@@ -179,8 +209,23 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         use_real = batch.has_genomics if self.genomics_at_test else None
         f = net.online_nodes(h, batch.genomics, use_real)
         z, graph, mask = net.graph_forward(f, ids)
-        loss = self.task_.loss(net.head(net.readout_features(z, h)), batch.targets)
+        if net.genomic_head is None:
+            logits = net.logits(z, f, h, graph)
+            loss = self.task_.loss(logits, batch.targets)
+        else:  # the head and the borrowed risk each learn the task alone, so neither cancels the other
+            own, borrowed = net.head(net.readout_features(z, f, h)), net.borrowed_logits(graph)
+            logits = (own + borrowed) / 2
+            loss = self.task_.loss(own, batch.targets) + self.task_.loss(borrowed, batch.targets)
         pending.clear()
+        has_real = batch.has_genomics.nonzero().squeeze(1)
+        if net.genomic_head is not None and len(has_real):
+            # r_G learns risk from real genomic embeddings, the kind of rows the buffer holds
+            teacher = net.genomic_head(net.gene_encoder(batch.genomics[has_real]))
+            targets = {k: v[has_real] for k, v in batch.targets.items()}
+            loss = loss + self.genomic_teacher_weight * self.task_.loss(teacher, targets)
+            if self.distill_weight > 0:  # the WSI-only prediction follows the case's own genomic risk [D]
+                loss = loss + self.distill_weight * torch.nn.functional.mse_loss(logits[has_real],
+                                                                                   teacher.detach())
         if h_t is not None:
             sub_ids = [ids[i] for i in sub.tolist()]
             with torch.no_grad():
@@ -188,7 +233,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                 # the target graph over the same node sets as the online one, so the two compare entry by entry
                 rows = getattr(graph, "rows", None)
                 z_t, graph_t, _ = target.graph_forward(f_t, sub_ids, None if rows is None else rows[sub])
-            l_f = info_nce(f[sub], f_t, self.temperature)
+            l_f = self._f_align(net, f[sub], f_t, sub_ids)
             l_g = info_nce(z[sub], z_t, self.temperature)
             # structure: each current node's row of the online dense similarity vs the target's edges
             l_s = balanced_bce(graph.similarity[sub, 0], graph_t.adj[:, 0], valid=mask[sub, 0])
@@ -197,8 +242,20 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             pending["ids"] = sub_ids
         return loss
 
+    def _f_align(self, net: MSRLNetwork, f: torch.Tensor, f_t: torch.Tensor, ids: list[str]) -> torch.Tensor:
+        """L_f_align. ``"paper"`` [P]: InfoNCE(f, f^) over concat(g, h), which the h halves (one encoder and its
+        EMA copy on the same bag) satisfy alone. ``"genomic"`` [D]: the inductor's placeholder g~ against the
+        real g^ of the same case, with the buffer's real genomic rows of other cases as extra negatives, so
+        g~ must pick out its own case's genomics: the alignment the graph's neighbour choice relies on."""
+        if self.f_align == "paper" or self.modality != "fused":
+            return info_nce(f, f_t, self.temperature)
+        d = self.embed_dim
+        buffer = net.buffer
+        allowed = buffer.valid[None, :] & ~buffer.exclusion_mask(ids)
+        return info_nce_with_bank(f[:, :d], f_t[:, :d], buffer.features[:, :d], allowed, self.temperature)
+
     def _after_step(self, net: MSRLNetwork, target: MSRLNetwork, pending: dict[str, Any]) -> None:
-        for name in net.target_modules():
+        for name in self._ema_modules(net):
             ema_update(getattr(target, name), getattr(net, name), self.ema_momentum)
         feats, ids = pending.pop("features", None), pending.pop("ids", [])
         if distributed.is_distributed():  # every rank enqueues every rank's rows, in rank order
@@ -207,6 +264,10 @@ class MSRLAggregator(AttentionMixin, Aggregator):
             ids = [i for part in distributed.gather_objects(ids) for i in part]
         if ids:
             net.buffer.enqueue(feats, ids)
+
+    def _ema_modules(self, net: MSRLNetwork) -> list[str]:
+        trained_gene_encoder = self.train_gene_encoder and net.gene_encoder is not None
+        return net.target_modules() + (["gene_encoder"] if trained_gene_encoder else [])
 
     # -- inference -----------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
@@ -238,30 +299,61 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         return self.model_.wsi_encoder
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"buffer_rows": int(self.buffer_rows_)}
+        return {"buffer_rows": int(self.buffer_rows_), "coverage_threshold": float(self.coverage_threshold_)}
 
     def _resume_extra(self) -> dict[str, Any]:
         return {"pretrain_history_": self.pretrain_history_}
 
     def _set_extra_state(self, extra: dict[str, Any]) -> None:
         self.buffer_rows_ = int(extra["buffer_rows"])
+        self.coverage_threshold_ = float(extra.get("coverage_threshold", float("nan")))
+
+    # -- buffer coverage -------------------------------------------------------------------------
+    @torch.no_grad()
+    def neighbour_coverage(self, data: CaseData) -> np.ndarray:
+        """Per case, the mean similarity (in the graph's own space) to its k most similar buffer rows, its own
+        row left out: how well the buffer's real cases cover it. ``(n,)``."""
+        net = self.model_.eval()
+        keys = net._candidate_keys()
+        if not isinstance(net.graph_learner, GraphLearner):
+            keys = torch.nn.functional.normalize(keys, dim=1)
+        out = []
+        for index in batches(torch.arange(len(data)), self.batch_size):
+            batch = collate(data, index, self.max_patches).to(self._device())
+            use_real = batch.has_genomics if self.genomics_at_test else None
+            f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
+            q = (net.graph_learner.embed(f) if isinstance(net.graph_learner, GraphLearner)
+                 else torch.nn.functional.normalize(f, dim=1))
+            allowed = net.buffer.valid[None, :] & ~net.buffer.exclusion_mask(batch.case_ids)
+            sim = (q @ keys.t()).masked_fill(~allowed, float("nan"))
+            top = torch.nan_to_num(sim, nan=-2.0).topk(min(self.k, sim.shape[1]), dim=1).values
+            out.append(torch.where(top > -2.0, top, torch.nan).nanmean(dim=1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def _fit_coverage(self, data: CaseData) -> None:
+        """The flag threshold: the 5th percentile of the training cases' own coverage [D]."""
+        self.coverage_threshold_ = float(np.nanpercentile(self.neighbour_coverage(data), 5))
+
+    def predict(self, cohort: Cohort) -> pd.DataFrame:
+        """As :meth:`Aggregator.predict`, plus ``neighbour_coverage`` and ``outside_buffer_coverage`` (True when
+        a case is less covered by the buffer's real cases than 95% of the training cases were: its borrowed
+        genomics are less trustworthy, the paper's stated limitation)."""
+        frame = super().predict(cohort)
+        coverage = self.neighbour_coverage(self._case_data(cohort))
+        frame["neighbour_coverage"] = coverage
+        frame["outside_buffer_coverage"] = coverage < getattr(self, "coverage_threshold_", float("nan"))
+        return frame
 
     def with_shuffled_buffer(self, seed: int = 0) -> MSRLAggregator:
-        """A copy whose buffer genomics (the g half of each valid row) are permuted across cases.
+        """A copy whose buffer genomics (the g half of each valid row) are deranged across cases.
 
         The benchmark's control: if MSRL's gain comes from borrowing *real, case-matched* genomics, this copy
-        must fall back to ABMIL level.
+        must fall back to ABMIL level (:func:`msrl_plugin.compare.shuffle_buffer_genomics`).
         """
-        if self.modality != "fused":
-            raise CheckpointError(f"{self.name!r} has no genomics in its buffer to shuffle")
+        from ..compare import shuffle_buffer_genomics
+
         self._check_fitted()
-        clone = copy.deepcopy(self)
-        buffer = clone.model_.buffer
-        rows = buffer.valid.nonzero().squeeze(1)
-        perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
-        with torch.no_grad():
-            buffer.features[rows, : self.embed_dim] = buffer.features[perm, : self.embed_dim].clone()
-        return clone
+        return shuffle_buffer_genomics(self, seed)
 
     def buffer_case_ids(self) -> list[str]:
         _, ids, valid = self.model_.buffer.snapshot()

@@ -45,6 +45,8 @@ class GSLPretrainModel(nn.Module):
         if fused:
             self.stacks["G"] = GraphStack(d, d, *args)
             self.stacks["F"] = GraphStack(2 * d, d, *args)
+            # projections of the encoders' own outputs h, g into one space (the node-level half of L_inter)
+            self.cross = nn.ModuleDict({"H": ProjectionHead(d, proj_dim), "G": ProjectionHead(d, proj_dim)})
 
     @property
     def finetune_stack(self) -> GraphStack:

@@ -55,3 +55,21 @@ def balanced_bce(
     p = prob.clamp(eps, 1 - eps)
     per_entry = alpha1 * y * torch.log(p) + alpha0 * (1 - y) * torch.log1p(-p)
     return -(per_entry * w).sum() / n.clamp_min(1)
+
+
+def info_nce_with_bank(query: torch.Tensor, positive: torch.Tensor, bank: torch.Tensor,
+                       bank_allowed: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """One-directional InfoNCE of ``query`` against its ``positive`` with extra negatives from a memory bank.
+
+    Row i's logits are cos(q_i, p_j) / t over the batch's positives j and cos(q_i, bank_r) / t over the bank
+    rows r with ``bank_allowed[i, r]`` (MoCo-style negatives, e.g. the buffer's real genomic embeddings of
+    other cases); cross-entropy with target i [D]. With no allowed bank row this is the a -> b half of
+    :func:`info_nce`.
+
+    Shapes: ``query, positive (N, d), bank (K, d), bank_allowed (N, K) bool -> ()``.
+    """
+    q = F.normalize(query, dim=1)
+    batch_logits = q @ F.normalize(positive, dim=1).t() / temperature
+    bank_logits = (q @ F.normalize(bank, dim=1).t() / temperature).masked_fill(~bank_allowed, float("-inf"))
+    labels = torch.arange(query.shape[0], device=query.device)
+    return F.cross_entropy(torch.cat([batch_logits, bank_logits], dim=1), labels)

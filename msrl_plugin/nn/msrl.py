@@ -28,6 +28,8 @@ from .graph_learner import GraphLearner, KNNGraph, LearnedGraph, sparsify_and_no
 from .snn import SNN
 
 GRAPHS = ("learned", "knn_cosine", "knn_euclidean")
+READOUTS = ("node", "node+wsi", "node+case")
+BORROW = ("none", "genomic_risk")
 CANDIDATE_SEARCH = ("torch", "faiss")
 _BLOCK = 65536  # buffer rows per retrieval block: memory O(B * block), not O(B * K)
 _EMBED_BLOCK = 8192  # buffer rows embedded at a time when the retrieval keys are (re)built
@@ -136,8 +138,14 @@ class MSRLNetwork(nn.Module):
         graph: ``"learned"`` (GraphLearner) or a static ``"knn_cosine"`` / ``"knn_euclidean"`` ablation.
         k, learner_layers, learner_activation: graph learner [D: 10; S: 2, tanh].
         gcn_dropout [D: 0.25 in fine-tuning], dropout (encoders) [B: 0.25], buffer_size K [D: 256].
-        readout: the head reads the case's post-graph node embedding z (``"node"`` [P]) or
-            concat(z, h) (``"node+wsi"`` [D]: keeps the case's own WSI evidence undiluted by its neighbours).
+        readout: what the head reads: the case's post-graph node embedding z (``"node"`` [P]), concat(z, h)
+            (``"node+wsi"``) or concat(z, f) with f the case's own pre-graph node features (``"node+case"``
+            [D]: a skip connection; in each case's graph the case node keeps only ~0.15 of its own weight
+            against ~0.75 on its neighbours, so a head on z alone reads mostly neighbours).
+        borrow: ``"none"`` [P] or ``"genomic_risk"`` [D]: a genomic risk head r_G reads the *real* genomic half
+            g_j of every buffer row; the case adds the edge-weighted mean of its buffer neighbours' r_G(g_j) to
+            its logits. This is the supervised path "neighbour's real genomics -> risk" that the shuffled-buffer
+            control tests (only for ``modality="fused"``).
         buffer_candidates: None = dense graph over [case; all K rows] (O(K^2) per case). m = each case's graph
             is built over its exact top-m buffer rows in the graph's similarity space (O(K d)); equals the
             dense path when m >= K. [D: None up to K ~ 2e3, then 64-256]
@@ -154,7 +162,7 @@ class MSRLNetwork(nn.Module):
                  learner_layers: int = 2, learner_activation: str = "tanh", gcn_dropout: float = 0.25,
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
                  readout: str = "node", buffer_candidates: int | None = None,
-                 candidate_search: str = "torch", propagation: str = "dense"):
+                 candidate_search: str = "torch", propagation: str = "dense", borrow: str = "none"):
         super().__init__()
         if propagation not in ("dense", "pyg"):
             raise ValueError(f"propagation must be 'dense' or 'pyg', got {propagation!r}")
@@ -182,10 +190,16 @@ class MSRLNetwork(nn.Module):
         self.graph_learner = (GraphLearner(node_dim, learner_layers, k, learner_activation)
                               if graph == "learned" else KNNGraph(k, graph.removeprefix("knn_")))
         self.gcn = GCN(node_dim, d, d, n_layers=2, dropout=gcn_dropout)
-        if readout not in ("node", "node+wsi"):
-            raise ValueError(f"readout must be 'node' or 'node+wsi', got {readout!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if borrow not in BORROW:
+            raise ValueError(f"borrow must be one of {BORROW}, got {borrow!r}")
         self.readout = readout
-        self.head = nn.Linear(d if readout == "node" else 2 * d, n_outputs)
+        self.embed_dim = d
+        self.head = nn.Linear(d + {"node": 0, "node+wsi": d, "node+case": node_dim}[readout], n_outputs)
+        # r_G: logits from a real genomic embedding (buffer rows' g half, or phi_G(X_G) of training cases)
+        self.genomic_head = (nn.Linear(d, n_outputs) if borrow == "genomic_risk" and modality == "fused"
+                             else None)
         self.buffer = FeatureBuffer(buffer_size, node_dim)
 
     # -- node features ---------------------------------------------------------------------------
@@ -370,11 +384,33 @@ class MSRLNetwork(nn.Module):
                 use_genomics: torch.Tensor | None = None, case_ids: list[str] | None = None) -> torch.Tensor:
         """Logits ``(B, n_outputs)`` from bags (WSI-only unless ``use_genomics`` marks rows)."""
         h = self.encode_wsi(x, mask)
-        z = self.graph_forward(self.online_nodes(h, genomics, use_genomics), case_ids)[0]
-        return self.head(self.readout_features(z, h))
+        f = self.online_nodes(h, genomics, use_genomics)
+        z, graph, _ = self.graph_forward(f, case_ids)
+        return self.logits(z, f, h, graph)
 
-    def readout_features(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return z if self.readout == "node" else torch.cat([z, h], dim=1)
+    def logits(self, z: torch.Tensor, f: torch.Tensor, h: torch.Tensor,
+               graph: LearnedGraph | CandidateGraph) -> torch.Tensor:
+        """The head on the readout; when borrowing, the mean of it and the borrowed genomic risk of the case's
+        neighbours (two predictors, each trained on the task by itself: see the aggregator's loss)."""
+        out = self.head(self.readout_features(z, f, h))
+        return out if self.genomic_head is None else (out + self.borrowed_logits(graph)) / 2
+
+    def readout_features(self, z: torch.Tensor, f: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if self.readout == "node":
+            return z
+        return torch.cat([z, h if self.readout == "node+wsi" else f], dim=1)
+
+    def borrowed_logits(self, graph: LearnedGraph | CandidateGraph) -> torch.Tensor:
+        """Edge-weighted mean of r_G(g_j) over each case's buffer neighbours j: ``(B, n_outputs)``.
+
+        The weights are the case's row of its own normalised graph (gradients reach the graph learner); a case
+        with no buffer neighbour borrows nothing (zeros).
+        """
+        w = graph.adj[:, 0, 1:]
+        g = self.buffer.features[graph.rows, : self.embed_dim] if isinstance(graph, CandidateGraph) \
+            else self.buffer.features[None, :, : self.embed_dim]
+        w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return torch.einsum("bm,bmo->bo", w, self.genomic_head(g).expand(w.shape[0], -1, -1))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
