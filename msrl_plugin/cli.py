@@ -318,6 +318,7 @@ def evaluate(**kw):
     predictions = model.predict(cohort)
     metrics = model.evaluate(cohort, predictions)
     if kw["out"]:
+        predictions.insert(0, "slide_id", [";".join(cohort.slides[c]) for c in predictions.index])
         write_csv(kw["out"], predictions, index=True)
     for name, value in metrics.items():
         click.echo(f"{name}\t{value:.4f}")

@@ -238,3 +238,12 @@ def test_click_checks_apply_to_config_values(tmp_path):
     assert ctx.params["k"] == 3 and ctx.params["seed"] == 7
     with pytest.raises(click.UsageError):
         cli.commands["predict"].make_context("predict", ["--features", "x"])  # --model-path still required
+
+
+def test_evaluate_out_keeps_slide_ids(trained, cohort, tmp_path, capsys):
+    out = tmp_path / "eval.csv"
+    assert run(["evaluate", "--ckpt_path", str(trained / "s_0_checkpoint.pt"), "--data-root-dir",
+                str(cohort["job_dir"]), "--clinical", str(cohort["clinical"]), "--out", str(out)]) == 0
+    assert "c_index" in capsys.readouterr().out
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:3]) == ["case_id", "slide_id", "risk"] and (frame["case_id"] != frame["slide_id"]).all()
