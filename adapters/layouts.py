@@ -196,3 +196,45 @@ def find_bags(root: str | os.PathLike, patch_encoder: str | None = None, mag: fl
                                 "Wait for feature extraction to finish, or delete stale .lock files")
         raise BadInputError("no .h5 or .pt feature bags found", folder, _FEATURES_FIX)
     return index
+
+
+#: folders below a job dir that never hold patch-feature bags
+_NOT_FEATURES = ("patches", "masks", "stitches", "contours", "contours_geojson", "thumbnails", "wsi_states", "runs",
+                 "visualization")
+
+
+def _is_feature_folder(folder: Path) -> bool:
+    """A ``features_<enc>/`` folder or a CLAM feature dir (``h5_files/`` or ``pt_files/`` inside)."""
+    return folder.name.startswith("features_") or any((folder / sub).is_dir() for sub in ("h5_files", "pt_files"))
+
+
+def find_feature_folders(root: str | os.PathLike, max_depth: int = 4) -> list[Path]:
+    """Every patch-feature folder at or below ``root``: each TRIDENT ``features_<enc>/`` of each coords dir
+    and each CLAM feature dir, in path order. ``slide_features_*``, ``patches/`` and other outputs that
+    hold no patch features are not entered. Empty when ``root`` is itself a plain folder of bags."""
+    root = Path(root)
+    found: list[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        if _is_feature_folder(folder):
+            found.append(folder)
+            return
+        if depth >= max_depth:
+            return
+        for sub in _subdirs(folder):
+            if not sub.name.startswith("slide_features_") and sub.name not in _NOT_FEATURES:
+                walk(sub, depth + 1)
+
+    if root.is_dir():
+        walk(root, 0)
+    return found
+
+
+def feature_folder_settings(folder: Path) -> dict[str, object]:
+    """``patch_encoder`` and, under a TRIDENT coords dir, ``mag``/``patch_size``/``overlap`` of a folder."""
+    encoder = folder.name[len("features_"):] if folder.name.startswith("features_") else None
+    m = COORDS_DIR.match(folder.parent.name)
+    settings: dict[str, object] = {"patch_encoder": encoder}
+    if m is not None:
+        settings.update(mag=float(m["mag"]), patch_size=int(m["ps"]), overlap=int(m["ov"]))
+    return settings

@@ -174,13 +174,14 @@ def load_clam_cohort(data_root_dir: PathLike, csv_path: PathLike, *, label_col: 
 
 def load_unlabelled_cohort(features: PathLike, task: str, clinical: PathLike | None = None,
                            genomics: PathLike | None = None, *, patch_encoder: str | None = None,
+                           mag: float | None = None, patch_size: int | None = None, overlap: int | None = None,
                            case_col: str = "case_id", slide_col: str = "slide_id", on_empty: str = "error",
                            cache_bytes: int = 2**30, cache_dir: PathLike | None = None,
                            cache_float16: bool = False) -> Cohort:
     """A cohort to *predict*: no targets needed. Without a clinical table every bag is its own case;
     with one, only its ``case_id``/``slide_id`` columns are read (several slides of a case are concatenated).
     """
-    index = find_bags(features, patch_encoder)
+    index = find_bags(features, patch_encoder, mag, patch_size, overlap)
     if clinical is None:
         slides = {s: [s] for s in sorted(index.files)}
     else:

@@ -3,9 +3,11 @@
 Per fold ``k``: ``s_<k>_checkpoint.pt`` (msrl-plugin checkpoint, safe to load), ``split_<k>_results.csv``
 (per-case predictions with their targets), ``splits_<k>.csv`` (the split used, CLAM's ragged form).
 ``summary.csv`` has CLAM's columns: ``folds, test_auc, val_auc, test_acc, val_acc`` for classification,
-``folds, test_cindex, val_cindex`` for survival (MCAT/SurvPath name it ``val_cindex``), plus extra
-metric columns. Every file is written atomically; a fold counts as done only when both its
-checkpoint and its predictions exist.
+``folds, test_cindex, val_cindex`` for survival, plus extra metric columns. The ``val_*`` columns are
+written only when the folds have a validation set (CLAM always has one; without it the columns would
+stay empty); the held-out c-index that MCAT/SurvPath call ``val_cindex`` is our ``test_cindex``.
+Every file is written atomically; a fold counts as done only when both its checkpoint and its
+predictions exist.
 """
 from __future__ import annotations
 
@@ -105,9 +107,9 @@ class ResultsFolder:
         frame = pd.DataFrame(rows).rename(columns=lambda c: "folds" if c == "fold" else clam_metric_name(c)
                                           if c.startswith(("test_", "val_")) else c)
         for col in CLAM_COLUMNS[task]:
-            if col not in frame:
+            if col not in frame and col.startswith("test_"):
                 frame[col] = float("nan")
-        first = ["folds", *CLAM_COLUMNS[task]]
+        first = ["folds", *(c for c in CLAM_COLUMNS[task] if c in frame)]
         frame = frame[first + [c for c in frame.columns if c not in first]]
         out = self.path / "summary.csv"
         write_csv(out, frame, index=True)

@@ -3,7 +3,8 @@
 ``<job>/<cdir>/slide_features_<name>/<slide>.h5`` holds two root datasets, written like TRIDENT's ``save_h5``
 (chunks ``(1,) + shape[1:]``, maxshape ``(None,) + shape[1:]``, no compression, no file attributes):
 
-- ``features`` ``(D,)`` float32 with attributes ``name`` (slide stem) and ``savetodir`` (the output folder);
+- ``features`` ``(D,)`` float32 with attributes ``name`` (slide stem) and ``savetodir`` (the output folder,
+  absolute as TRIDENT writes it);
 - ``coords`` as read from the patch-feature file (squeezed), carrying that file's coords attributes with
   ``patch_size_level0`` cast to int64.
 
@@ -173,7 +174,7 @@ def write_slide_features(out_path: str | os.PathLike, embedding: np.ndarray, pat
     embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
     with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         _save_h5_dataset(f, "features", embedding,
-                         {"name": patch.slide_id, "savetodir": os.fspath(out_path.parent)})
+                         {"name": patch.slide_id, "savetodir": os.path.abspath(out_path.parent)})
         _save_h5_dataset(f, "coords", np.squeeze(patch.coords), slide_coords_attrs(patch))
     return out_path
 

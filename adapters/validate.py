@@ -1,4 +1,8 @@
-"""``msrl-plugin validate``: check every bag of a features folder and say whether it is usable."""
+"""``msrl-plugin validate``: check every bag of a features folder and say whether it is usable.
+
+:func:`validate_tree` finds every patch-feature folder below a path (each patch encoder of each TRIDENT
+coords dir, each CLAM feature dir) and reports each one; :func:`validate_folder` checks one folder.
+"""
 from __future__ import annotations
 
 import os
@@ -6,8 +10,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BadInputError
 from .bags import BagReport, guess_format, inspect_bag
-from .layouts import scan_bags
+from .layouts import feature_folder_settings, find_feature_folders, scan_bags
 
 
 @dataclass
@@ -22,6 +27,7 @@ class ValidationReport:
     rows: list[BagReport]
     usable: bool
     reasons: list[str]
+    label: str = ""
 
     @property
     def dims(self) -> list[int]:
@@ -78,3 +84,44 @@ def format_report(report: ValidationReport) -> str:
     else:
         lines.append("NOT USABLE: " + "; ".join(report.reasons + notes))
     return "\n".join(lines)
+
+
+def validate_tree(root: str | os.PathLike, patch_encoder: str | None = None, mag: float | None = None,
+                  patch_size: int | None = None, overlap: int | None = None) -> list[ValidationReport]:
+    """One report per patch-feature folder at or below ``root`` (a folder above several jobs, a job with
+    several encoders, or one features folder); the filters keep only the matching folders."""
+    root = Path(root)
+    if not root.exists():
+        raise BadInputError("folder not found", root, "Check the DIRECTORY argument")
+    wanted = {"patch_encoder": patch_encoder, "mag": mag, "patch_size": patch_size, "overlap": overlap}
+    reports = []
+    for folder in find_feature_folders(root):
+        settings = feature_folder_settings(folder)
+        if any(v is not None and settings.get(k) not in (None, v) for k, v in wanted.items()):
+            continue
+        report = validate_folder(folder)
+        report.label = "." if folder == root else folder.relative_to(root).as_posix()
+        reports.append(report)
+    if not reports and not find_feature_folders(root):
+        return [validate_folder(root, patch_encoder, mag, patch_size, overlap)]  # a plain folder of bags
+    if not reports:
+        raise BadInputError(f"no feature folder below matches {_filters(wanted)}", root,
+                            "Drop or change --patch-encoder/--mag/--patch-size/--overlap")
+    return reports
+
+
+def _filters(wanted: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in wanted.items() if v is not None)
+
+
+def format_reports(reports: list[ValidationReport], root: str | os.PathLike) -> str:
+    """One table per feature folder, then which of them are usable."""
+    if len(reports) == 1:
+        return format_report(reports[0])
+    blocks = [f"== {r.label} ==\n{format_report(r)}" for r in reports]
+    usable = [r.label for r in reports if r.usable]
+    unusable = [r.label for r in reports if not r.usable]
+    verdict = [f"{root}: {len(reports)} feature folders; usable: {', '.join(usable) or 'none'}"]
+    if unusable:
+        verdict.append(f"not usable: {', '.join(unusable)}")
+    return "\n\n".join(blocks) + "\n\n" + "\n".join(verdict)

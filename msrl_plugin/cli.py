@@ -5,7 +5,6 @@ Flags use the project's spellings; CLAM's spellings are accepted as aliases.
 """
 from __future__ import annotations
 
-import functools
 import sys
 import traceback
 import warnings
@@ -15,6 +14,8 @@ from typing import Any
 import click
 import yaml
 
+from .cli_config import with_config
+from .cli_options import DEFAULT_SEED, THREADS_HELP, WarnOnce, model_flag, with_threads
 from .errors import MSRLPluginError
 
 
@@ -34,7 +35,8 @@ def cohort_options(fn):
         click.option("--patch-encoder", "--patch_encoder", "patch_encoder",
                      help="TRIDENT patch encoder name (picks features_<enc>/ in a job dir)."),
         click.option("--mag", type=float, help="TRIDENT magnification (picks <mag>x_... in a job dir)."),
-        click.option("--patch-size", type=int, help="TRIDENT patch size (picks ..._<ps>px_...)."),
+        click.option("--patch-size", "--patch_size", "patch_size", type=int,
+                     help="TRIDENT patch size (picks ..._<ps>px_...)."),
         click.option("--overlap", type=int, help="TRIDENT overlap (picks ..._<ov>px_overlap)."),
         click.option("--case-col", default="case_id", show_default=True),
         click.option("--slide-col", default="slide_id", show_default=True),
@@ -62,15 +64,17 @@ def model_options(fn):
     opts = [
         click.option("--model", "--model_type", "model", default="abmil", show_default=True,
                      help="Registered aggregator (see list-models)."),
-        click.option("--max-epochs", "--max_epochs", "max_epochs", type=int),
-        click.option("--lr", type=float),
-        click.option("--reg", type=float, help="Weight decay."),
-        click.option("--drop-out", "--drop_out", "dropout", type=float),
+        model_flag("--max-epochs", "--max_epochs", "max_epochs", type=int, model_param="max_epochs",
+                   help="Training epochs (last epoch kept)."),
+        model_flag("--lr", type=float, model_param="lr", help="Adam learning rate."),
+        model_flag("--reg", type=float, model_param="reg", help="Weight decay."),
+        model_flag("--drop-out", "--drop_out", "dropout", type=float, model_param="dropout",
+                   help="Dropout rate."),
         click.option("--alpha-surv", "--alpha_surv", "alpha_surv", type=float),
         click.option("--batch-size", "--batch_size", "batch_size", type=int),
         click.option("--param", "extra_params", multiple=True, metavar="KEY=VALUE",
                      help="Any other model hyper-parameter, e.g. --param k=10 (repeatable)."),
-        click.option("--seed", type=int, default=1, show_default=True),
+        click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
                      help="Training precision: bf16 runs the patch encoders under bfloat16 autocast "
@@ -79,33 +83,6 @@ def model_options(fn):
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
-
-
-def with_config(fn):
-    """``--config file.yaml``: its keys fill every flag that was not given on the command line."""
-
-    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="YAML file of flag values (flags given on the command line win).")
-    @functools.wraps(fn)
-    def wrapper(config_path, **kwargs):
-        if config_path is not None:
-            ctx = click.get_current_context()
-            loaded = yaml.safe_load(config_path.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise MSRLPluginError("config must be a mapping of flag names to values", config_path)
-            for key, value in loaded.items():
-                key = key.replace("-", "_")
-                if key not in kwargs:
-                    raise MSRLPluginError(f"unknown config key {key!r}", config_path,
-                                          f"valid keys: {', '.join(sorted(kwargs))}")
-                if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
-                    kwargs[key] = Path(value) if isinstance(value, str) and key in PATH_KEYS else value
-        return fn(**kwargs)
-
-    return wrapper
-
-
-PATH_KEYS = {"features", "clinical", "genomics", "split_dir", "results_dir", "out"}
 
 
 def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -158,8 +135,7 @@ def echo(msg: str = "") -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print results and errors.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch (default: torch's choice; 1 is often faster on a shared machine).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.version_option(package_name="msrl-plugin")
 @click.pass_context
 def cli(ctx, debug, quiet, threads):
@@ -175,17 +151,21 @@ def cli(ctx, debug, quiet, threads):
 @cohort_options
 @model_options
 @click.option("--k", type=int, default=5, show_default=True, help="Number of folds (ignored with --split-dir).")
-@click.option("--k-start", "--k_start", "k_start", type=int, default=-1)
-@click.option("--k-end", "--k_end", "k_end", type=int, default=-1)
+@click.option("--k-start", "--k_start", "k_start", type=int, default=-1, show_default=True,
+              help="First fold to run (0-based; -1 = the first).")
+@click.option("--k-end", "--k_end", "k_end", type=int, default=-1, show_default=True,
+              help="Stop before this fold (-1 = after the last), as CLAM's --k_end.")
 @click.option("--split-dir", "--split_dir", "--splits_dir", "split_dir", type=click.Path(path_type=Path),
               help="Folder of CLAM/SurvPath splits_<k>.csv files (instead of --k random folds).")
-@click.option("--results-dir", "--results_dir", "results_dir", type=click.Path(path_type=Path),
-              default=Path("results"), show_default=True)
+@click.option("--results-dir", "--results_dir", "--out", "results_dir", type=click.Path(path_type=Path),
+              default=Path("results"), show_default=True,
+              help="Output folder; the run goes to <results-dir>/<exp-code>_s<seed>/.")
 @click.option("--exp-code", "--exp_code", "exp_code", default=None, help="Experiment name (default: the model).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same results folder.")
 @click.option("--devices", type=int, default=1, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on GPU); torchrun launches work too.")
 @with_config
+@with_threads
 def train(**kw):
     """Cross-validate a model and write a CLAM-style results folder."""
     import pandas as pd
@@ -202,13 +182,13 @@ def train(**kw):
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     check_model_inputs(kw["model"], cohort)
-    folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"], kw["seed"])
+    all_folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"],
+                                                                                                 kw["seed"])
     start = max(kw["k_start"], 0)
-    end = len(folds) if kw["k_end"] < 0 else kw["k_end"]
-    folds = folds[start:end]
+    end = len(all_folds) if kw["k_end"] < 0 else kw["k_end"]
+    folds = all_folds[start:end]
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
-    sink.write_config({**{k: v for k, v in kw.items()}, "model_params": params, "selection_rule": SELECTION_RULE,
-                       "folds": [f.source for f in folds[:1]]})
+    sink.write_config({**run_settings(kw, params, all_folds, folds), "selection_rule": SELECTION_RULE})
     quiet = click.get_current_context().find_root().obj["quiet"]
     if kw["devices"] > 1:
         from .distributed import launch
@@ -224,6 +204,25 @@ def train(**kw):
     if is_main():
         click.echo(format_summary(result))
         click.echo(f"results: {sink.path}")
+
+
+MODEL_FLAGS = ("max_epochs", "lr", "reg", "dropout", "alpha_surv", "batch_size", "precision")
+
+
+def run_settings(kw: dict[str, Any], params: dict[str, Any], all_folds, folds) -> dict[str, Any]:
+    """What a run actually used: the flags, the model's fully resolved hyper-parameters (its own defaults
+    filled in), the real fold count and range, every split file (or the k-fold draw) and the device."""
+    from .aggregators.base import resolve_device
+    from .registry import create_aggregator
+
+    resolved = create_aggregator(kw["model"], **params).get_params()
+    settings = {k: v for k, v in kw.items() if k != "extra_params"}
+    settings.update({flag: resolved.get(flag) for flag in MODEL_FLAGS})
+    settings.update(model_params=resolved, device=str(resolve_device(kw["device"])), k=len(all_folds),
+                    exp_code=kw["exp_code"] or kw["model"],
+                    k_start=folds[0].k if folds else None, k_end=folds[-1].k + 1 if folds else None,
+                    folds=[f.k for f in folds], fold_sources=list(dict.fromkeys(f.source for f in all_folds)))
+    return settings
 
 
 def check_model_inputs(model: str, cohort) -> None:
@@ -246,11 +245,14 @@ def split_dir_folds(cohort, split_dir: Path):
 
 
 def format_summary(result) -> str:
+    from .stats import format_mean_sd
+
     table = result.mean_sd()
-    lines = [f"{result.model}: mean +- sd over {len(result.fold_metrics)} folds"]
+    n = len(result.fold_metrics)
+    lines = [f"{result.model}: mean +- sd over {n} folds" if n > 1 else f"{result.model}: one fold"]
     for name, row in table.iterrows():
         if not name.endswith("seconds"):
-            lines.append(f"  {name:<24} {row['mean']:.4f} +- {row['sd']:.4f}")
+            lines.append(f"  {name:<24} {format_mean_sd(row['mean'], row['sd'], digits=4)}")
     return "\n".join(lines)
 
 
@@ -261,6 +263,7 @@ def format_summary(result) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @with_config
+@with_threads
 def predict(**kw):
     """Predict new cases with a saved model (WSI only for WSI-inference models)."""
     from .adapters.loader import load_unlabelled_cohort
@@ -270,12 +273,30 @@ def predict(**kw):
     require(kw, "features")
     model = Aggregator.load(kw["model_path"], device=kw["device"])
     cohort = load_unlabelled_cohort(kw["features"], model.task_.name, kw["clinical"], kw["genomics"],
-                                    patch_encoder=kw["patch_encoder"], case_col=kw["case_col"],
-                                    slide_col=kw["slide_col"], on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
+                                    patch_encoder=kw["patch_encoder"], mag=kw["mag"], patch_size=kw["patch_size"],
+                                    overlap=kw["overlap"], case_col=kw["case_col"], slide_col=kw["slide_col"],
+                                    on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
                                     cache_float16=kw["cache_float16"])
     predictions = model.predict(cohort)
+    predictions.insert(0, "slide_id", [";".join(cohort.slides[c]) for c in predictions.index])
+    bins = survival_bins_table(model)
+    bins_path = kw["out"].with_name(f"{kw['out'].stem}_survival_bins.csv")
     write_csv(kw["out"], predictions, index=True)
-    echo(f"{len(predictions)} predictions -> {kw['out']}")
+    if bins is not None:
+        write_csv(bins_path, bins)
+    echo(f"{len(predictions)} predictions -> {kw['out']}" + (f" (bin edges: {bins_path})" if bins is not None else ""))
+
+
+def survival_bins_table(model):
+    """The time interval of each ``survival_bin<j>`` column (None for classification models):
+    ``survival_bin<j>`` is the probability of surviving past ``end`` (training-set time units)."""
+    import pandas as pd
+
+    edges = getattr(model.task_, "edges", None)
+    if edges is None:
+        return None
+    return pd.DataFrame({"column": [f"survival_bin{j}" for j in range(len(edges) - 1)],
+                         "start": list(edges[:-1]), "end": list(edges[1:])})
 
 
 @cli.command()
@@ -284,6 +305,7 @@ def predict(**kw):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write per-case predictions.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @with_config
+@with_threads
 def evaluate(**kw):
     """Score a saved model on a labelled cohort (c-index or AUC)."""
     from .aggregators.base import Aggregator
@@ -296,6 +318,7 @@ def evaluate(**kw):
     predictions = model.predict(cohort)
     metrics = model.evaluate(cohort, predictions)
     if kw["out"]:
+        predictions.insert(0, "slide_id", [";".join(cohort.slides[c]) for c in predictions.index])
         write_csv(kw["out"], predictions, index=True)
     for name, value in metrics.items():
         click.echo(f"{name}\t{value:.4f}")
@@ -306,6 +329,7 @@ def evaluate(**kw):
 @model_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gsl_pretrained.pt"), show_default=True)
 @with_config
+@with_threads
 def pretrain(**kw):
     """Stage 1 of MSRL: self-supervised graph-structure pre-training on a (training) cohort.
 
@@ -333,35 +357,14 @@ def pretrain(**kw):
     click.echo(f"saved {path}")
 
 
-@cli.command("list-models")
-def list_models():
-    """List registered aggregators (built-in and from plugins)."""
-    from .registry import get_aggregator_class, list_aggregators
-
-    for name in list_aggregators():
-        cls = get_aggregator_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        click.echo(f"{name:<22} {doc}")
-
-
-@cli.command()
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--patch-encoder", "--patch_encoder", "patch_encoder")
-def validate(directory, patch_encoder):
-    """Check every bag in a feature folder and print one summary table."""
-    from .adapters.validate import format_report, validate_folder
-
-    report = validate_folder(directory, patch_encoder=patch_encoder)
-    click.echo(format_report(report))
-    sys.exit(0 if report.usable else 1)
-
-
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("msrl_demo"), show_default=True)
 @click.option("--models", default="abmil,msrl", show_default=True, help="Comma-separated models to train.")
 @click.option("--k", type=int, default=5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True)
 @click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None)
+@with_config
+@with_threads
 def demo(out, models, k, seed, max_epochs):
     """Generate the small multimodal demo cohort (TRIDENT layout) and cross-validate on it."""
     from .demo import run_demo
@@ -379,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if "--debug" not in args:
         warnings.formatwarning = _warning_line
+    shown = warnings.showwarning  # a fresh record per run (tests call main() many times)
+    warnings.showwarning = WarnOnce(shown.show if isinstance(shown, WarnOnce) else shown)
     try:
         cli.main(args=args, standalone_mode=False, prog_name="msrl-plugin")
     except click.exceptions.Abort:
@@ -400,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # commands defined in their own modules register themselves on `cli`
-from . import cli_compare, cli_toolkit  # noqa: E402,F401
+from . import cli_compare, cli_inspect, cli_toolkit  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,9 @@ from typing import Any
 import click
 import yaml
 
-from .cli import cli, cohort_options, echo, load_cohort_from_flags, with_config
+from .cli import cli, cohort_options, echo, load_cohort_from_flags
+from .cli_config import with_config
+from .cli_options import DEFAULT_SEED, with_threads
 from .errors import MSRLPluginError
 
 
@@ -96,8 +98,9 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--models", required=True, help="Comma-separated models, e.g. abmil,msrl,msrl:shuffled_buffer.")
 @click.option("--reference", default="abmil", show_default=True, help="Model the others are paired against.")
 @click.option("--k", type=int, default=5, show_default=True, help="Folds per seed (not with --split-dir).")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (model and fold seeds).")
-@click.option("--split-dir", "--split_dir", "split_dir", type=click.Path(path_type=Path),
+@click.option("--seeds", default=str(DEFAULT_SEED), show_default=True,
+              help="Comma-separated seeds (model and fold seeds).")
+@click.option("--split-dir", "--split_dir", "--splits_dir", "split_dir", type=click.Path(path_type=Path),
               help="CLAM/SurvPath splits_<k>.csv folder: the same folds for every seed.")
 @click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=20, show_default=True,
               help="Epoch budget shared by every model.")
@@ -107,8 +110,10 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--n-boot", type=int, default=10_000, show_default=True, help="Bootstrap resamples for CIs.")
 @click.option("--example-model", default=None, help="Model whose attention and buffer the report shows.")
 @click.option("--no-report", is_flag=True, help="Only write the CSVs.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--out", "--results-dir", "--results_dir", "out", required=True, type=click.Path(path_type=Path),
+              help="Output folder.")
 @with_config
+@with_threads
 def compare(**kw):
     """Compare models on identical folds, seeds and budget; paired statistics and an HTML report."""
     models = [m.strip() for m in kw["models"].split(",") if m.strip()]
@@ -137,9 +142,10 @@ def compare(**kw):
               help="YAML of generator knobs (shared/benchmark.md); with --tier, they override the tier.")
 @click.option("--tier", type=click.Choice(["test", "benchmark"]), default=None,
               help="Size preset (default: test, or the full defaults when --config is given).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="One knob, e.g. --set rho=0.5.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output (TRIDENT job) folder.")
+@with_threads
 def make_cohort(config_path, tier, seed, overrides, out):
     """Generate a semi-synthetic multimodal cohort: TRIDENT features, clinical/genomics CSVs, CLAM splits."""
     from .synth import CohortConfig, generate_cohort, write_cohort

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from .cli import cli, echo
+from .cli_config import with_config
+from .cli_options import with_threads
 from .errors import BadInputError
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -22,7 +24,8 @@ def _device(device: str) -> str:
 
 
 @cli.command("encode-slides")
-@click.option("--job-dir", "--job_dir", "job_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--job-dir", "--job_dir", "--features", "--data_root_dir", "--data-root-dir", "job_dir", required=True,
+              type=click.Path(path_type=Path),
               help="TRIDENT job dir (or one <mag>x_<ps>px_<ov>px_overlap/ folder of it).")
 @click.option("--patch-encoder", "--patch_encoder", "patch_encoder",
               help="Patch encoder whose features_<enc>/ to read (needed when there are several).")
@@ -37,6 +40,8 @@ def _device(device: str) -> str:
 @click.option("--skip-errors", "--skip_errors", "skip_errors", is_flag=True,
               help="Log unreadable patch-feature files and go on (TRIDENT's --skip_errors).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@with_config
+@with_threads
 def encode_slides(job_dir, patch_encoder, model_path, name, mag, patch_size, overlap, skip_errors, device):
     """Write TRIDENT slide features (slide_features_<name>/<slide>.h5) from a trained model.
 
@@ -77,7 +82,8 @@ def _find_wsi(wsi: Path | None, slide: str) -> Path | None:
 @cli.command()
 @click.option("--model-path", "--ckpt_path", "model_path", required=True, type=click.Path(path_type=Path),
               help="A trained attention model (abmil, msrl, ...) checkpoint.")
-@click.option("--features", "--data_root_dir", "features", required=True, type=click.Path(path_type=Path),
+@click.option("--features", "--data_root_dir", "--data-root-dir", "features", required=True,
+              type=click.Path(path_type=Path),
               help="TRIDENT job dir or features_<enc>/, CLAM feature dir, or a folder of bags.")
 @click.option("--slide", "slides", required=True, multiple=True, help="Slide id (file stem); repeatable.")
 @click.option("--wsi", type=click.Path(path_type=Path),
@@ -91,6 +97,8 @@ def _find_wsi(wsi: Path | None, slide: str) -> Path | None:
 @click.option("--patch-size-level0", "patch_size_level0", type=int,
               help="Box side in level-0 px when the bags lack the patch_size_level0 attribute.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@with_config
+@with_threads
 def heatmap(model_path, features, slides, wsi, out, patch_encoder, mag, patch_size, overlap,
             patch_size_level0, device):
     """Export per-patch attention (h5 + CSV) and draw a PNG heatmap per slide."""

@@ -390,6 +390,8 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
     config = {
         "models": names, "reference": reference, "seeds": list(seeds), "task": cohort.task,
         "budget": budget, "selection_rule": SELECTION_RULE, "params": resolved,
+        "model_params": {name: {k: v for k, v in create_aggregator(name, **resolved[name]).get_params().items()
+                                if k != "seed"} for name in fitted},  # every value used, defaults included
         "variants": {m: v[0] for m, v in variants.items()}, "external": list(external),
         "folds": "stratified k-fold per seed" if isinstance(folds, int) else "fixed folds for every seed",
         "n_folds": folds if isinstance(folds, int) else len(folds), "fold_cases": fold_record,

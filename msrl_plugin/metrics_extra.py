@@ -1,7 +1,7 @@
 """Survival metrics beyond Harrell's c-index, computed the way SurvPath does (``formats.md`` §4.4).
 
-Needs scikit-survival (``pip install msrl-plugin[benchmark]``); without it :func:`survival_extras`
-returns ``{}`` and every caller simply reports fewer columns.
+Computed with scikit-survival (a core dependency); should it be missing from an environment,
+:func:`survival_extras` returns ``{}`` and every caller simply reports fewer columns.
 
 - ``c_index_ipcw``: Uno's IPCW c-index of ``risk`` (higher = earlier event, sksurv's convention);
   the censoring distribution is estimated on the *training* cases.

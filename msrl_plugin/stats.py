@@ -78,17 +78,18 @@ def wilcoxon_p(diffs: Sequence[float]) -> float:
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 10_000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (resampling whole pairs: a paired bootstrap
-    when ``values`` are per-pair differences). Seeded, so the same inputs give the same interval."""
+    """Percentile bootstrap CI of the mean of ``values`` (``scipy.stats.bootstrap``; resampling whole
+    pairs: a paired bootstrap when ``values`` are per-pair differences). Seeded, so the same inputs give
+    the same interval; NaN without values, the value itself when there is one."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    if v.size == 1:  # scipy needs two observations; every resample of one value is that value
+        return float(v[0]), float(v[0])
+    ci = sps.bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                       vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def paired_table(per_fold: pd.DataFrame, reference: str, metrics: Sequence[str] | None = None,

@@ -1,4 +1,4 @@
-"""Discrete-time survival (MCAT / PORPOISE / SurvPath convention) and Harrell's c-index.
+"""Discrete-time survival (MCAT / PORPOISE / SurvPath convention) and Harrell's c-index (scikit-survival's).
 
 Sign convention, stated once: ``risk = -sum_j S_j``; **higher risk = earlier event** (scikit-survival's
 convention). lifelines' ``concordance_index`` expects predicted *times*, so it must be given ``-risk``.
@@ -72,24 +72,26 @@ def nll_survival_loss(logits: torch.Tensor, bins: torch.Tensor, censorship: torc
 
 def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
                       tied_tol: float = 1e-8) -> float:
-    """Harrell's c-index for risk scores (higher = earlier event), as scikit-survival computes it.
+    """Harrell's c-index for risk scores (higher = earlier event): scikit-survival's
+    ``concordance_index_censored``, the implementation SurvPath reports (ties in risk count one half).
 
-    Comparable pairs: i had the event and ``time_i < time_j`` (or j was censored at ``time_i``);
-    ties in risk count one half.
-    Returns NaN when no pair is comparable.
+    Returns NaN when no pair is comparable (no event, or every event at the last time).
     """
+    from sksurv.metrics import concordance_index_censored
+
+    try:  # scikit-survival names the case; older versions divide by zero
+        from sksurv.exceptions import NoComparablePairException as no_comparable_pair
+    except ImportError:  # pragma: no cover
+        no_comparable_pair = ZeroDivisionError
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event).astype(bool)
     risk = np.asarray(risk, dtype=np.float64)
     if not np.all(np.isfinite(risk)):
         raise ValueError("risk scores contain NaN or Inf")
-    concordant = 0.0
-    comparable = 0
-    for start in range(0, len(time), 2048):  # blockwise to bound memory at O(2048 n)
-        sl = slice(start, start + 2048)
-        ti, ei, ri = time[sl, None], event[sl, None], risk[sl, None]
-        comp = ei & ((ti < time[None, :]) | ((ti == time[None, :]) & ~event[None, :]))
-        diff = ri - risk[None, :]
-        concordant += np.sum(comp & (diff > tied_tol)) + 0.5 * np.sum(comp & (np.abs(diff) <= tied_tol))
-        comparable += int(comp.sum())
-    return float(concordant / comparable) if comparable else float("nan")
+    if len(time) < 2 or not event.any():
+        return float("nan")
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(concordance_index_censored(event, time, risk, tied_tol)[0])
+    except no_comparable_pair:  # events, but no comparable pair
+        return float("nan")

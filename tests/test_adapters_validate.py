@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from msrl_plugin.adapters import format_report, validate_folder
+from msrl_plugin.adapters import format_report, format_reports, validate_folder, validate_tree
 
 from msrl_plugin.errors import BadInputError
 
@@ -77,3 +77,73 @@ def test_missing_root_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     report = validate_folder(tmp_path / "empty")
     assert not report.usable and "NOT USABLE" in format_report(report)
+
+
+# -- validate_tree: every feature folder below a path --------------------------------------------------
+def test_tree_above_genuine_jobs_reports_every_encoder(real_fixtures):
+    reports = validate_tree(real_fixtures)
+    labels = {r.label: r for r in reports}
+    assert set(labels) == {"clam/job/features_resnet50_trunc",
+                           "trident/job/20x_256px_0px_overlap/features_uni_v1",
+                           "trident/job/20x_256px_0px_overlap/features_custom_vits16head768_fp16_seed1"}
+    assert all(r.usable for r in reports)
+    assert labels["trident/job/20x_256px_0px_overlap/features_uni_v1"].dims == [1024]
+    assert labels["trident/job/20x_256px_0px_overlap/features_custom_vits16head768_fp16_seed1"].dims == [768]
+    text = format_reports(reports, real_fixtures)
+    assert text.count("slide  ") == 3 and "--patch-encoder" not in text
+    assert text.splitlines()[-1].startswith(f"{real_fixtures}: 3 feature folders; usable: ")
+
+
+def test_tree_of_one_genuine_job_with_two_encoders(real_fixtures):
+    job = real_fixtures / "trident/job"
+    assert len(validate_tree(job)) == 2  # no "choose one with --patch-encoder"
+    only = validate_tree(job, patch_encoder="uni_v1")
+    assert [r.label for r in only] == ["20x_256px_0px_overlap/features_uni_v1"]
+
+
+def _two_jobs(tmp_path, kit):
+    """Two self-made TRIDENT jobs under one folder: one usable, one with a broken bag."""
+    good = tmp_path / "jobs" / "a" / "20x_256px_0px_overlap"
+    kit.write_trident(good / "features_uni_v1" / "s1.h5", kit.feats(4, 8))
+    kit.write_trident(good / "features_conch_v15" / "s1.h5", kit.feats(4, 16))
+    kit.write_trident(good / "slide_features_mean-uni_v1" / "s1.h5", kit.feats(1, 8))  # not patch features
+    bad = tmp_path / "jobs" / "b" / "10x_512px_0px_overlap" / "features_uni_v1"
+    kit.write_trident(bad / "s2.h5", kit.feats(3, 8))
+    (bad / "s3.h5").write_bytes(b"garbage")
+    return tmp_path / "jobs"
+
+
+def test_tree_of_self_made_jobs_says_which_are_usable(tmp_path, kit):
+    root = _two_jobs(tmp_path, kit)
+    reports = validate_tree(root)
+    assert [(r.label, r.usable) for r in reports] == [
+        ("a/20x_256px_0px_overlap/features_conch_v15", True), ("a/20x_256px_0px_overlap/features_uni_v1", True),
+        ("b/10x_512px_0px_overlap/features_uni_v1", False)]
+    lines = format_reports(reports, root).splitlines()
+    assert lines[-2].endswith("usable: a/20x_256px_0px_overlap/features_conch_v15, "
+                              "a/20x_256px_0px_overlap/features_uni_v1")
+    assert lines[-1] == "not usable: b/10x_512px_0px_overlap/features_uni_v1"
+    assert [r.label for r in validate_tree(root, patch_size=512)] == ["b/10x_512px_0px_overlap/features_uni_v1"]
+    with pytest.raises(BadInputError, match="no feature folder below matches patch_encoder=nope"):
+        validate_tree(root, patch_encoder="nope")
+
+
+def test_tree_of_a_flat_folder_is_one_report(tmp_path, kit):
+    kit.write_clam_h5(tmp_path / "bags" / "x.h5", kit.feats(3, 8))
+    reports = validate_tree(tmp_path / "bags")
+    assert len(reports) == 1 and reports[0].usable and reports[0].layout == "flat"
+    assert format_reports(reports, tmp_path / "bags") == format_report(reports[0])
+    with pytest.raises(BadInputError, match="DIRECTORY"):
+        validate_tree(tmp_path / "nope")
+
+
+def test_validate_command_exit_code(tmp_path, kit, capsys):
+    from msrl_plugin.cli import main
+
+    root = _two_jobs(tmp_path, kit)
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(root)])
+    assert exc.value.code == 0 and capsys.readouterr().out.count("== ") == 3  # one usable is enough
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(root / "b")])
+    assert exc.value.code == 1

@@ -39,6 +39,13 @@ def test_identical_folds_and_budget_across_models(compared, cohort):
         pd.testing.assert_series_equal(assignments[m], assignments["abmil"])
     assert sorted(assignments["abmil"].index) == sorted(cohort.case_ids)  # out-of-fold: every case once
     assert all(p["max_epochs"] == 2 for p in result.config["params"].values())
+    full = result.config["model_params"]  # every value each model used, its own defaults included
+    from msrl_plugin.cli_options import model_default
+
+    assert full["abmil"]["lr"] == model_default("abmil", "lr")
+    assert full["msrl_random_gsl"]["lr"] == model_default("msrl_random_gsl", "lr")
+    assert full["msrl_random_gsl"]["embed_dim"] == 16 and full["abmil"]["hidden_dim"] == 32  # given values kept
+    assert all(p["max_epochs"] == 2 and None not in (p["lr"], p["reg"], p["dropout"]) for p in full.values())
     assert result.config["selection_rule"].startswith("fixed epoch budget")
     for m in ("abmil", "msrl_random_gsl"):
         assert result.examples[m].model.max_epochs == 2 and result.examples[m].model.seed == 0

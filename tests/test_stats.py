@@ -77,3 +77,15 @@ def test_paired_table_and_mean_sd():
     assert summary.loc["abmil", "n"] == 6
     assert stats.format_mean_sd(0.71234, 0.0312) == "0.712 +- 0.031"
     assert stats.format_mean_sd(0.5, float("nan")) == "0.500"
+
+
+def test_bootstrap_ci_equals_the_hand_written_percentile_bootstrap():
+    """scipy.stats.bootstrap (percentile) draws the same resamples as the earlier hand-written version."""
+    rng = np.random.default_rng(9)
+    for n in (2, 5, 40):
+        values = rng.normal(size=n)
+        draw = np.random.default_rng(3)
+        means = values[draw.integers(0, n, size=(1000, n))].mean(axis=1)
+        expected = tuple(np.quantile(means, [0.025, 0.975]))
+        assert stats.bootstrap_ci(values, n_boot=1000, seed=3) == pytest.approx(expected, abs=1e-12)
+    assert stats.bootstrap_ci([0.4]) == (0.4, 0.4)

@@ -79,3 +79,31 @@ def test_bins_from_uncensored_quartiles_with_widened_edges():
 def test_too_few_events_is_a_clear_error():
     with pytest.raises(BadInputError, match="events"):
         fit_bin_edges(np.array([1.0, 2, 3]), np.array([1, 1, 0]), 4)
+
+
+def _pairwise_harrell(time, event, risk):
+    """The definition, pair by pair (comparable: i had the event first, or j was censored at t_i)."""
+    concordant = comparable = 0.0
+    for i in range(len(time)):
+        for j in range(len(time)):
+            if event[i] and (time[i] < time[j] or (time[i] == time[j] and not event[j])):
+                comparable += 1
+                concordant += 1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0
+    return concordant / comparable
+
+
+def test_cindex_is_harrells_definition_with_tied_times_and_risks():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        time = rng.integers(1, 8, 30).astype(float)
+        event = rng.random(30) < 0.5
+        risk = rng.integers(0, 5, 30).astype(np.float32)  # float32 risks as the models write them
+        assert concordance_index(time, event, risk) == pytest.approx(_pairwise_harrell(time, event, risk), abs=1e-12)
+
+
+def test_cindex_without_comparable_pairs_is_nan():
+    assert math.isnan(concordance_index([1.0], [1], [0.5]))  # one case
+    assert math.isnan(concordance_index([1.0, 2.0], [0, 0], [0.5, 1.0]))  # no event
+    assert math.isnan(concordance_index([2.0, 1.0], [1, 0], [1.0, 2.0]))  # the event is after the censoring
+    with pytest.raises(ValueError, match="NaN"):
+        concordance_index([1.0, 2.0], [1, 1], [np.nan, 1.0])

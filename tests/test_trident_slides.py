@@ -250,3 +250,13 @@ def test_cli_encode_slides_names_the_folder_and_resumes(job, tmp_path, model8, c
     assert config["patch_encoder"] == "uni_v1" and config["saveto"] == str(folder)
     main(args + ["--name", "abmil-uni_v1"])
     assert "0 written, 0 empty (0 patches), 4 already done" in capsys.readouterr().out
+
+
+def test_savetodir_is_absolute_for_a_relative_job_dir(job, tmp_path, model8, monkeypatch, capsys):
+    ckpt = model8.save(tmp_path / "s_0_checkpoint.pt")
+    monkeypatch.chdir(job.parent)
+    main(["encode-slides", "--job-dir", job.name, "--patch-encoder", "uni_v1", "--model-path", str(ckpt),
+          "--device", "cpu"])
+    with h5py.File(out_dir(job, "abmil-uni_v1") / "slide0.h5", "r") as f:
+        savetodir = f["features"].attrs["savetodir"]
+    assert os.path.isabs(savetodir) and Path(savetodir) == out_dir(job, "abmil-uni_v1").absolute()

@@ -41,6 +41,15 @@ class ABMILAggregator(AttentionMixin, Aggregator):
     alpha 0); bags are trained in mini-batches of ``batch_size`` (padding costs no compute) with a random
     subsample of at most ``max_patches`` patches per bag per step (the full bag at inference);
     ``precision='bf16'`` trains under bfloat16 autocast.
+
+    Parameters
+    ----------
+    hidden_dim : int
+        Width of the layer after the patch features (CLAM small: 512).
+    attn_dim : int
+        Width of the gated-attention branches (CLAM small: 256).
+    dropout : float
+        Dropout rate after the first layer and in the attention.
     """
 
     def __init__(self, hidden_dim: int = 512, attn_dim: int = 256, dropout: float = 0.25,

@@ -57,7 +57,41 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 class Aggregator(BaseEstimator):
-    """Base class of every slide/case aggregator (ABMIL, MSRL and its variants, multimodal references)."""
+    """Base class of every slide/case aggregator (ABMIL, MSRL and its variants, multimodal references).
+
+    Parameters
+    ----------
+    max_epochs : int
+        Training epochs; the last epoch's model is kept (no early stopping).
+    lr : float
+        Adam learning rate.
+    reg : float
+        Adam weight decay.
+    batch_size : int
+        Bags per mini-batch (padding costs no compute).
+    max_patches : int or None
+        At most this many randomly drawn patches per bag per training step; None = the whole bag.
+    n_bins : int
+        Survival: discrete time bins (quantiles of the training events).
+    alpha_surv : float
+        Survival: weight of the uncensored-only term of the NLL loss (MCAT's ``alpha_surv``).
+    weighted_sample : bool
+        Draw training bags class-balanced with replacement (CLAM/MCAT ``--weighted_sample``).
+    seed : int
+        Seed of weights, batches and patch sampling.
+    device : {"auto", "cpu", "cuda"}
+        Where to train and predict; auto = CUDA when available.
+    verbose : bool
+        Show per-epoch progress.
+    precision : {"fp32", "bf16"}
+        bf16 trains the patch encoders under bfloat16 autocast; prediction is always float32.
+    dropout : float
+        Dropout rate of the slide branch.
+    hidden_dim : int
+        Width of the hidden layer after the patch features.
+    attn_dim : int
+        Width of the gated-attention branches.
+    """
 
     name: ClassVar[str] = "aggregator"
     #: training needs genomics for (some) cases

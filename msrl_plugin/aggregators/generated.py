@@ -99,6 +99,23 @@ class ReconFusionAggregator(GeneratedGenomicsAggregator):
     (1 - cos)^``cosine_exponent`` (3 [B])), the reconstruction term on training cases with genomics only.
     [D]: one MLP decoder instead of G-HANet's six family tokens and cross-attention; training defaults
     as ABMIL (MCAT: Adam 2e-4, wd 1e-5, 20 epochs). ``history_`` rows carry ``recon_loss`` (unweighted).
+
+    Parameters
+    ----------
+    fusion : {"concat", "bilinear"}
+        How the WSI and genomic embeddings are fused (PORPOISE).
+    omic_dim : int
+        Width of the genomic SNN blocks.
+    n_omic_blocks : int
+        Blocks of the genomic SNN.
+    snn_activation : str
+        Activation of the genomic SNN.
+    decoder_dim : int
+        Hidden width of the genomics decoder.
+    recon_weight : float
+        Weight of the reconstruction loss.
+    cosine_exponent : float
+        Exponent of the (1 - cos) reconstruction term.
     """
 
     def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256,
@@ -137,6 +154,27 @@ class CVAEFusionAggregator(GeneratedGenomicsAggregator):
     beta_e = ``kl_weight`` x min(1, epoch / ``kl_warmup``) (warm-up 5 epochs [B]). Test: z = mean of
     p(z|h), deterministic and WSI-only. [D]: one latent instead of LD-CVAE's six function-specific ones and
     no VIB transformer; training defaults as ABMIL. ``history_`` rows carry ``recon_loss``, ``kl``, ``beta``.
+
+    Parameters
+    ----------
+    fusion : {"concat", "bilinear"}
+        How the WSI and genomic embeddings are fused (PORPOISE).
+    omic_dim : int
+        Width of the genomic SNN blocks.
+    n_omic_blocks : int
+        Blocks of the genomic SNN.
+    snn_activation : str
+        Activation of the genomic SNN.
+    latent_dim : int
+        Width of the VAE latent z.
+    decoder_dim : int
+        Hidden width of the genomics decoder.
+    recon_weight : float
+        Weight of the VAE loss (reconstruction + KL).
+    kl_weight : float
+        Weight of the KL term after warm-up.
+    kl_warmup : int
+        Epochs of linear KL warm-up.
     """
 
     def __init__(self, fusion: str = "concat", hidden_dim: int = 512, attn_dim: int = 256,

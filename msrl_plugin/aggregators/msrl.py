@@ -63,6 +63,57 @@ class MSRLAggregator(AttentionMixin, Aggregator):
       or the EMA of the trained one); before, phi_G was shared and the target's eval() disabled its dropout.
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
+
+    Parameters
+    ----------
+    embed_dim : int
+        Width d of the WSI and genomic embeddings (graph nodes are 2d when fused).
+    attn_dim : int or None
+        Width of the gated-attention branches; None = embed_dim.
+    k : int
+        Neighbours per node in the case graph.
+    learner_layers : int
+        Layers of the graph learner.
+    learner_activation : str
+        Activation of the graph learner.
+    gcn_dropout : float
+        Dropout inside the graph convolution.
+    snn_activation : str
+        Activation of the genomic SNN encoder.
+    buffer_size : int
+        Rows of real training-case features kept in the buffer.
+    ema_momentum : float
+        Momentum of the EMA target branch and the buffer update.
+    temperature : float
+        InfoNCE temperature of the alignment losses.
+    align_weight : float
+        Weight of the three alignment losses against the task loss.
+    readout : {"node", "node+wsi"}
+        What the task head reads: the post-graph node embedding z, or concat(z, h).
+    train_gene_encoder : bool
+        Also fine-tune the genomic encoder (else it stays as pre-trained).
+    pretrain_epochs : int
+        Epochs of stage-1 graph-structure pre-training per fit; 0 = none.
+    pretrain_lr : float
+        Learning rate of stage-1 pre-training.
+    pretrain_batch_size : int
+        Cases per stage-1 pre-training batch.
+    maskfeat_rate_learner, maskfeat_rate_anchor : float
+        Feature-masking rates of the learner and anchor views in pre-training.
+    dropedge : float
+        Edge-dropout rate in pre-training.
+    anchor_tau : float
+        Structure-bootstrapping rate of the anchor graph in pre-training.
+    anchor_init : str
+        Initial anchor graph of pre-training.
+    pretrained : str or None
+        A stage-1 checkpoint from ``msrl-plugin pretrain`` to start from instead of pre-training.
+    buffer_candidates : int or None
+        Build each case's graph over its top-m buffer rows only (for buffers of 1e4+ rows); None = all.
+    candidate_search : str
+        How the top-m candidates are searched (torch, or faiss when installed).
+    propagation : str
+        Graph propagation over the buffer (dense, or sparse over the candidates).
     """
 
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H

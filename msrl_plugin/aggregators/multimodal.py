@@ -79,6 +79,17 @@ class SNNAggregator(GenomicsRequiredMixin, Aggregator):
     ``n_blocks`` blocks of Linear ``hidden_dim`` -> ELU -> AlphaDropout(0.25) (PORPOISE 'small' = 2 x 256,
     ELU as the Mahmood-lab ``SNN_Block``), then Linear -> n_outputs. Training defaults as ABMIL (MCAT, §8).
     The WSI is not read; needs genomics for every case at training and at test.
+
+    Parameters
+    ----------
+    hidden_dim : int
+        Width of each SNN block.
+    n_blocks : int
+        SNN blocks.
+    dropout : float
+        AlphaDropout rate of each block.
+    activation : str
+        Activation of the blocks.
     """
 
     uses_genomics = True
@@ -111,6 +122,19 @@ class LateFusionAggregator(GenomicsRequiredMixin, AttentionMixin, Aggregator):
     ``missing_genomics``: ``'error'`` [D] (training drops cases without genomics with a warning; prediction
     raises on them) or ``'impute_mean'`` (they get the training mean of every genomic column, at training
     and at test: a degraded mode, not a WSI-only model).
+
+    Parameters
+    ----------
+    fusion : {"concat", "bilinear"}
+        How the WSI and genomic embeddings are fused (PORPOISE).
+    omic_dim : int
+        Width of the genomic SNN blocks.
+    n_omic_blocks : int
+        Blocks of the genomic SNN.
+    snn_activation : str
+        Activation of the genomic SNN.
+    missing_genomics : {"error", "impute_mean"}
+        Cases without genomics: dropped at training and an error at test, or given the training mean.
     """
 
     uses_genomics = True
