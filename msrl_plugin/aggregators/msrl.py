@@ -61,6 +61,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     - ``distill_weight`` [D: 0, off]: MSE of the WSI-only logits to the case's own genomic-risk logits.
     - ``train_gene_encoder`` now trains phi_G for every variant (the target branch keeps its own copy: frozen,
       or the EMA of the trained one); before, phi_G was shared and the target's eval() disabled its dropout.
+
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
 
@@ -88,8 +89,18 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         InfoNCE temperature of the alignment losses.
     align_weight : float
         Weight of the three alignment losses against the task loss.
-    readout : {"node", "node+wsi"}
-        What the task head reads: the post-graph node embedding z, or concat(z, h).
+    readout : {"node", "node+wsi", "node+case"}
+        What the task head reads: the post-graph node embedding z, concat(z, h), or concat(z, f) with the
+        case's own node features f (a skip connection; default).
+    borrow : {"genomic_risk", "none"}
+        Add the edge-weighted genomic risk of the case's buffer neighbours (their real genomics) to the head.
+    f_align : {"genomic", "paper"}
+        L_f_align between the inductor's genomics and the case's real ones (buffer negatives), or the paper's
+        InfoNCE over the whole node features.
+    genomic_teacher_weight : float
+        Weight of the task loss of the genomic risk head on the training cases' real genomics.
+    distill_weight : float
+        Weight of the MSE of the WSI-only logits to the case's own genomic-risk logits; 0 = off.
     train_gene_encoder : bool
         Also fine-tune the genomic encoder (else it stays as pre-trained).
     pretrain_epochs : int
@@ -106,6 +117,10 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         Structure-bootstrapping rate of the anchor graph in pre-training.
     anchor_init : str
         Initial anchor graph of pre-training.
+    pretrain_holdout : float
+        Share of the cases with genomics held out of pre-training to score WSI -> genomics retrieval.
+    pretrain_inter_level : {"node+graph", "graph"}
+        Where pre-training aligns the modalities: the encoders' outputs and the graph outputs, or the latter.
     pretrained : str or None
         A stage-1 checkpoint from ``msrl-plugin pretrain`` to start from instead of pre-training.
     buffer_candidates : int or None
