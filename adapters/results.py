@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from msrl_plugin.atomic import write_csv, write_json, write_text
+from msrl_plugin.atomic import remove_stale_temporaries, restore_neutralised, write_csv, write_json, write_text
 from msrl_plugin.errors import MSRLPluginError
 
 CLAM_COLUMNS = {"survival": ["test_cindex", "val_cindex"],
@@ -45,6 +45,7 @@ class ResultsFolder:
             probe = self.path / ".write_probe"
             probe.write_text("")
             probe.unlink()
+            remove_stale_temporaries(self.path)  # left by a run killed mid-write
         except OSError as exc:
             raise MSRLPluginError(f"results directory is not writable ({exc.strerror})", self.path,
                                   "pass a writable --results-dir") from exc
@@ -83,6 +84,7 @@ class ResultsFolder:
 
     def load_fold(self, fold):
         frame = pd.read_csv(self.predictions_path(fold.k), index_col="case_id", dtype={"case_id": str})
+        frame.index = frame.index.map(restore_neutralised)
         metrics_file = self.path / f"split_{fold.k}_metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         return frame, metrics

@@ -6,7 +6,9 @@ Flags use the project's spellings; CLAM's spellings are accepted as aliases.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -371,11 +373,26 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every atomic write removes its temporary file before the process ends."""
+    raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
     args = sys.argv[1:] if argv is None else argv
     if "--debug" not in args:
         warnings.formatwarning = _warning_line
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str]) -> None:
     try:
         cli.main(args=args, standalone_mode=False, prog_name="msrl-plugin")
     except click.exceptions.Abort:
@@ -389,7 +406,9 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 143:
+            click.echo("terminated", err=True)
         raise
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

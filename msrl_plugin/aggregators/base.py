@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..atomic import atomic_path
+from ..atomic import write_torch
 from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
 from ..cohort import Cohort
 from ..errors import BadInputError, CheckpointError
@@ -182,8 +182,7 @@ class Aggregator(BaseEstimator):
                  "optimiser": optimiser.state_dict(), "modules": {k: cpu_state(m) for k, m in extra_modules.items()},
                  "history": json.dumps(self.history_), "extra": json.dumps(self._resume_extra()),
                  "generator": self._generator.get_state(), "torch_rng": torch.get_rng_state()}
-        with atomic_path(self._training_state_path) as tmp:
-            torch.save(state, tmp)
+        write_torch(self._training_state_path, state)
 
     def _restore_training_state(self, model: nn.Module, optimiser, extra_modules) -> int:
         if not self.has_training_state():
@@ -273,8 +272,7 @@ class Aggregator(BaseEstimator):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(self.checkpoint(), tmp)
+        write_torch(path, self.checkpoint())
         return path
 
     @classmethod
