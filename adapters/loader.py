@@ -124,8 +124,15 @@ def _match_genomics(genomics: PathLike | pd.DataFrame | None, table: ClinicalTab
     if not known.all():
         unknown = list(frame.index[~known])
         warnings.warn(f"{len(unknown)} genomics row(s) match no clinical case and are ignored: "
-                      f"{_eg(unknown)}", stacklevel=3)
+                      f"{_eg(unknown)}{_id_spelling_hint(unknown, table.cases.index)}", stacklevel=3)
     return frame[known]
+
+
+def _id_spelling_hint(unknown: Sequence[str], clinical: Sequence[str]) -> str:
+    """Ids are compared as text; say so when the unmatched ones differ from clinical ids only in leading zeros."""
+    stripped = {c.lstrip("0"): c for c in clinical}
+    pair = next(((u, stripped[u.lstrip("0")]) for u in unknown if u.lstrip("0") in stripped), None)
+    return "" if pair is None else f" (ids are compared as text: genomics {pair[0]!r} is not clinical {pair[1]!r})"
 
 
 def bag_source(files: dict, cache_bytes: int, cache_dir: PathLike | None, cache_float16: bool):

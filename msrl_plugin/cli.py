@@ -92,7 +92,12 @@ def with_config(fn):
     def wrapper(config_path, **kwargs):
         if config_path is not None:
             ctx = click.get_current_context()
-            loaded = yaml.safe_load(config_path.read_text()) or {}
+            try:
+                loaded = yaml.safe_load(config_path.read_text()) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:  # !!python tags are refused here too
+                first = " ".join(str(exc).split())[:160]
+                raise MSRLPluginError(f"not a plain YAML file of flag values ({first})", config_path,
+                                      "write it as 'flag_name: value' lines (no !!python tags)") from None
             if not isinstance(loaded, dict):
                 raise MSRLPluginError("config must be a mapping of flag names to values", config_path)
             for key, value in loaded.items():
@@ -112,7 +117,7 @@ PATH_KEYS = {"features", "clinical", "genomics", "split_dir", "results_dir", "ou
 
 def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters for ``model`` from the flags (only those the model accepts) and ``--param``."""
-    from .registry import get_aggregator_class
+    from .registry import create_aggregator, get_aggregator_class
 
     valid = set(get_aggregator_class(model)._get_param_names())
     params = {k: kwargs[k] for k in ("max_epochs", "lr", "reg", "dropout", "alpha_surv", "batch_size", "seed",
@@ -127,7 +132,11 @@ def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if key not in valid:
             raise MSRLPluginError(f"model {model!r} has no parameter {key!r}",
                                   fix=f"valid: {', '.join(sorted(valid))}")
-        params[key] = yaml.safe_load(raw)
+        try:
+            params[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            params[key] = raw  # the value check below names it
+    create_aggregator(model, **params)  # every value checked (scikit-learn style) before any work
     return params
 
 
@@ -204,11 +213,14 @@ def train(**kw):
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     check_model_inputs(kw["model"], cohort)
+    if not kw["split_dir"] and (not isinstance(kw["k"], int) or isinstance(kw["k"], bool) or kw["k"] < 2):
+        raise MSRLPluginError(f"--k {kw['k']!r} is not a number of folds", fix="pass --k 5 (an integer >= 2)")
     folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"], kw["seed"])
-    start = max(kw["k_start"], 0)
-    end = len(folds) if kw["k_end"] < 0 else kw["k_end"]
-    folds = folds[start:end]
+    folds = select_folds(folds, kw["k_start"], kw["k_end"])
+    check_fold_inputs(kw["model"], params, cohort, folds)
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
+    if kw["resume"]:
+        sink.check_resumable(folds, kw["model"], params)
     sink.write_config({**{k: v for k, v in kw.items()}, "model_params": params, "selection_rule": SELECTION_RULE,
                        "folds": [f.source for f in folds[:1]]})
     quiet = click.get_current_context().find_root().obj["quiet"]
@@ -228,6 +240,23 @@ def train(**kw):
         click.echo(f"results: {sink.path}")
 
 
+def select_folds(folds: list, k_start: int, k_end: int) -> list:
+    """CLAM's ``--k_start``/``--k_end`` (end exclusive; -1 = from the first / to the last fold), checked."""
+    n = len(folds)
+    for flag, value in (("--k-start", k_start), ("--k-end", k_end)):
+        if not isinstance(value, int) or value < -1:
+            raise MSRLPluginError(f"{flag} {value!r} is not a fold number", fix=f"pass {flag} 0..{n - 1}, or -1")
+    start = max(k_start, 0)
+    end = n if k_end < 0 else k_end
+    if start >= n:
+        raise MSRLPluginError(f"--k-start {k_start} is past the last fold (folds 0..{n - 1})",
+                              fix=f"pass --k-start 0..{n - 1}")
+    if end > n or end <= start:
+        raise MSRLPluginError(f"--k-end {k_end} must be after --k-start {start} and at most {n} "
+                              "(the fold it names is not run)", fix=f"pass --k-end {start + 1}..{n}, or -1")
+    return folds[start:end]
+
+
 def check_model_inputs(model: str, cohort) -> None:
     """Fail before anything is written when the model needs genomics the cohort does not have."""
     from .registry import get_aggregator_class
@@ -235,6 +264,25 @@ def check_model_inputs(model: str, cohort) -> None:
     if get_aggregator_class(model).uses_genomics and not cohort.has_genomics.any():
         raise MSRLPluginError(f"model {model!r} needs genomics but no case has a genomics row",
                               fix="pass --genomics TABLE (rows keyed by case_id), or use --model abmil")
+
+
+def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds) -> None:
+    """Every fold's genomics preconditions, before anything is written (a run must not stop at fold 2)."""
+    from .registry import create_aggregator
+
+    aggregator = create_aggregator(model, **params)
+    imputes = getattr(aggregator, "missing_genomics", "error") == "impute_mean"
+    has = dict(zip(cohort.case_ids, cohort.has_genomics.tolist()))
+    for fold in folds:
+        if aggregator.uses_genomics and not any(has[c] for c in fold.train):
+            raise MSRLPluginError(f"model {model!r} needs genomics but no training case of fold {fold.k} has a "
+                                  "genomics row", fix="check that the genomics case ids match the clinical ones "
+                                  "(they are compared as text: '0012' is not '12'), or use --model abmil")
+        lacking = [c for c in fold.test if not has[c]]
+        if aggregator.genomics_at_test and not imputes and lacking:
+            raise MSRLPluginError(f"model {model!r} reads genomics at test time; {len(lacking)} test case(s) of "
+                                  f"fold {fold.k} have no genomics row (e.g. {lacking[0]!r})",
+                                  fix="pass --genomics with a row for every case, or use a WSI-only model")
 
 
 def split_dir_folds(cohort, split_dir: Path):
@@ -398,8 +446,11 @@ def _run(args: list[str]) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a bad flag value: one line too, with where to look
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see: {exc.ctx.command_path} --help)"
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
         sys.exit(exc.exit_code)
     except MSRLPluginError as exc:
         if "--debug" in args:

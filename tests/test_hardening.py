@@ -91,3 +91,100 @@ def test_users_own_files_in_the_cache_folder_are_never_deleted(capsys, files, tm
     stranger.write_bytes(b"x" * 100)
     _train_ok(capsys, files, "--cache-dir", scratch, "--exp-code", "again")
     assert stranger.read_bytes() == b"x" * 100
+
+
+# -- 2. every bad value: one error line, exit 2, nothing written ------------------------------------
+@pytest.mark.parametrize("extra, flag", [
+    (("--batch-size", "0"), "batch_size"), (("--lr", "-1"), "lr"), (("--drop-out", "1.5"), "dropout"),
+    (("--param", "hidden_dim=abc"), "hidden_dim"), (("--max-epochs", "-3"), "max_epochs"),
+    (("--k-start", "2"), "--k-start"), (("--k-start", "1", "--k-end", "1"), "--k-end"),
+    (("--k-end", "5"), "--k-end"), (("--seed", "-2"), "seed"),
+])
+def test_bad_flag_values(capsys, files, extra, flag):
+    run = run_cli(capsys, *train_args(files, *extra))
+    assert_one_error(run, flag)
+    assert run.code == 2
+    assert not files.results.exists() or not any(files.results.rglob("*"))
+
+
+@pytest.mark.parametrize("text", ["lr: [1, 2\n", "lr: !!python/object/apply:os.system ['echo hi']\n",
+                                  "\tlr: 1\n"])
+def test_malformed_or_unsafe_config(capsys, files, tmp_path, text):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    run = run_cli(capsys, *train_args(files, "--config", config))
+    assert_one_error(run, str(config), "YAML")
+    assert not files.results.exists()
+
+
+def test_config_values_are_checked_like_flags(capsys, files, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("batch_size: 0\n")
+    assert_one_error(run_cli(capsys, *train_args(files, "--config", config)), "batch_size")
+
+
+def _trained(capsys, f) -> Path:
+    _train_ok(capsys, f)
+    return f.results / "abmil_s1"
+
+
+def _edit_checkpoint(path: Path, **params) -> None:
+    import torch
+
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["params"] = json.dumps({**json.loads(ckpt["params"]), **params})
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("params", [{"batch_size": 0}, {"n_bins": 0}])
+def test_checkpoint_with_impossible_parameters(capsys, files, tmp_path, params):
+    ckpt = _trained(capsys, files) / "s_0_checkpoint.pt"
+    _edit_checkpoint(ckpt, **params)
+    out = tmp_path / "pred.csv"
+    run = run_cli(capsys, "predict", "--model-path", ckpt, "--features", files.features, "--out", out)
+    assert_one_error(run, str(ckpt), next(iter(params)))
+    assert not out.exists()
+
+
+def test_resume_with_foreign_fold_results(capsys, files):
+    folder = _trained(capsys, files)
+    (folder / "split_0_results.csv").write_text("case_id,risk\nzz1,0.5\nzz2,0.1\n")
+    before = _snapshot(folder)
+    run = run_cli(capsys, *train_args(files, "--resume"))
+    assert_one_error(run, "split_0_results.csv", "not this run")
+    assert _snapshot(folder) == before
+
+
+def test_resume_with_a_training_state_for_other_features(capsys, files, tmp_path):
+    from msrl_plugin.adapters import load_cohort
+    from msrl_plugin.aggregators.abmil import ABMILAggregator
+
+    other = make_files(tmp_path / "other", dim=16)
+    cohort = load_cohort(other.features, other.clinical, "survival")
+    state = files.results / "abmil_s1" / "s_0_training_state.pt"
+    ABMILAggregator(max_epochs=1, seed=1).enable_resume(state).fit(cohort)  # what a killed 16-d run leaves
+    before = _snapshot(files.results)
+    run = run_cli(capsys, *train_args(files, "--resume"))
+    assert_one_error(run, str(state), "16-d")
+    assert _snapshot(files.results) == before
+
+
+def test_a_run_that_stopped_after_its_config_can_be_started_again(capsys, files):
+    folder = files.results / "abmil_s1"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"lr": 123}))  # an earlier start that failed
+    _train_ok(capsys, files)
+    assert json.loads((folder / "config.json").read_text())["lr"] is None
+
+
+def test_genomics_ids_that_do_not_match_fail_before_anything_is_written(capsys, files):
+    import pandas as pd
+
+    genomics = pd.read_csv(files.genomics, dtype=str)
+    genomics["case_id"] = [f"00{i}" if i else "c0" for i in range(len(genomics))]  # only c0 matches
+    genomics.to_csv(files.genomics, index=False)
+    run = run_cli(capsys, *train_args(files, "--genomics", files.genomics, "--model", "msrl", "--k", "5",
+                                      "--param", "pretrain_epochs=0"))
+    assert_one_error(run, "fold", "genomics")
+    assert_nothing_half_written(files.results)
+    assert not list(files.results.rglob("split_*"))
