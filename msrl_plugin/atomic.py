@@ -37,7 +37,7 @@ def _write_failed(exc: OSError, target: Path) -> MSRLPluginError:
         fix = "free disk space (or choose another output folder) and run again; train continues with --resume"
     else:
         fix = "check that the folder is writable and has free space, then run again"
-    return MSRLPluginError(f"cannot write this file ({exc.strerror or exc}); nothing was written", target, fix)
+    return MSRLPluginError(f"cannot write this file ({exc.strerror or exc}); nothing partial was left", target, fix)
 
 
 @contextlib.contextmanager

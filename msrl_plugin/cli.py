@@ -421,6 +421,14 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _close_progress_bars() -> None:
+    """An error line never shares a terminal line with a progress bar that the error interrupted."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _terminate(signum, frame) -> None:
     """SIGTERM unwinds like Ctrl-C, so every atomic write removes its temporary file before the process ends."""
     raise SystemExit(143)
@@ -455,6 +463,7 @@ def _run(args: list[str]) -> None:
     except MSRLPluginError as exc:
         if "--debug" in args:
             traceback.print_exc()
+        _close_progress_bars()
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except SystemExit as exc:

@@ -99,7 +99,7 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
     anchors = AnchorGraphs(len(data), settings, model.stacks["H"].learner.k, device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history = []
-    for _ in tqdm(range(settings.epochs), desc="GSL pre-training", disable=not progress, leave=False):
+    for _ in tqdm(range(settings.epochs), desc="GSL pre-training", disable=None if progress else True, leave=False):
         epoch = []
         for index in batches(torch.randperm(len(data), generator=generator), settings.batch_size):
             if len(index) < 2:

@@ -188,3 +188,92 @@ def test_genomics_ids_that_do_not_match_fail_before_anything_is_written(capsys, 
     assert_one_error(run, "fold", "genomics")
     assert_nothing_half_written(files.results)
     assert not list(files.results.rglob("split_*"))
+
+
+# -- 3. disk full, killed runs, file modes ------------------------------------------------------------
+def _no_temporaries(folder: Path) -> None:
+    assert not [p.name for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_disk_full_while_saving_a_training_state(capsys, files, monkeypatch):
+    import errno
+
+    import torch
+
+    real_save = torch.save
+
+    def full_disk(obj, fh, *args, **kwargs):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = run_cli(capsys, *train_args(files))
+    monkeypatch.setattr(torch, "save", real_save)
+    line = assert_one_error(run, "s_0_training_state.pt", "No space left on device", "Free disk space")
+    assert run.code == 2 and "nothing partial was left" in line
+    _no_temporaries(files.results)
+    assert not list(files.results.rglob("*.pt"))
+
+
+def test_disk_full_while_writing_a_csv(capsys, files, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    def full_disk(self, path, *args, **kwargs):
+        Path(path).write_text("case_id,ri")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    run = run_cli(capsys, *train_args(files))
+    assert_one_error(run, "splits_0.csv", "No space left on device")
+    _no_temporaries(files.results)
+    assert not list(files.results.rglob("*.csv"))
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next(capsys, files):
+    folder = files.results / "abmil_s1"
+    folder.mkdir(parents=True)
+    stale = [folder / ".s_0_training_state.pt.k2j4h_9x.tmp", folder / ".splits_0.csv.abcdefgh.csv.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    notes = folder / "notes.tmp"  # not a name the writer makes
+    notes.write_text("mine")
+    _train_ok(capsys, files)
+    assert not any(p.exists() for p in stale) and notes.read_text() == "mine"
+
+
+def test_results_files_honour_the_umask(capsys, files):
+    old = os.umask(0o022)
+    try:
+        folder = _trained(capsys, files)
+    finally:
+        os.umask(old)
+    for name in ("summary.csv", "config.json", "s_0_checkpoint.pt", "split_0_results.csv"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_sigterm_leaves_no_temporaries(files):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "msrl_plugin.cli", "--threads", "1", *map(str, train_args(files)),
+            "--max-epochs", "100000"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = files.results / "abmil_s1" / "s_0_training_state.pt"
+    try:
+        for _ in range(1200):  # poll for the first epoch's state (a state, not a time, is what is waited for)
+            if state.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert state.exists(), proc.stderr.read() if proc.poll() is not None else "no training state yet"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
+    _no_temporaries(files.results)

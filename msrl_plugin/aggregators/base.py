@@ -186,7 +186,7 @@ class Aggregator(BaseEstimator):
         self.history_ = []
         start = self._restore_training_state(model, optimiser, extra_modules)
         show = getattr(self, "verbose", False) if progress is None else progress
-        for epoch in tqdm(range(start, self.max_epochs), desc=f"{self.name} epochs", disable=not show,
+        for epoch in tqdm(range(start, self.max_epochs), desc=f"{self.name} epochs", disable=None if show else True,
                           leave=False, initial=start, total=self.max_epochs):
             model.train()
             order = epoch_order(len(data), self._generator, self._sampling)
