@@ -7,7 +7,9 @@ Formats (``BagFile.fmt``): ``trident`` (h5 ``features`` + ``coords`` with TRIDEN
 from __future__ import annotations
 
 import collections
+import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +88,44 @@ def _short(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _refuse_external(f: h5py.File, key: str) -> None:
+    """Data must live in the bag file itself: an external link, external storage or a virtual dataset would read
+    another file (one outside the features folder, or one chosen by whoever wrote this file)."""
+    link = f.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise _Problem(f"'{key}' is an external link to {link.filename!r}: its data lives in another file",
+                       "Copy the data into the bag file (h5py: f.copy) or pass the linked file itself")
+    ds = f[key]
+    if isinstance(ds, h5py.Dataset) and (ds.is_virtual or ds.external):
+        raise _Problem(f"'{key}' is a virtual or externally stored dataset: its data lives in other files",
+                       "Copy the data into the bag file (h5py: f.copy) or pass the files it refers to")
+
+
+def _check_storage(ds: h5py.Dataset, key: str) -> None:
+    """A declared shape the file cannot hold (cut short, unfinished, or forged) is refused without reading it."""
+    if not ds.shape or 0 in ds.shape:
+        return
+    declared = math.prod(ds.shape) * ds.dtype.itemsize
+    if ds.chunks is None:
+        stored = ds.id.get_storage_size()
+        if stored < declared and ds.id.get_create_plist().get_layout() != h5py.h5d.COMPACT:
+            raise _Problem(f"'{key}' declares shape {ds.shape} ({declared:,} bytes) but the file stores only "
+                           f"{stored:,} bytes of it (truncated or unfinished)", _REEXTRACT)
+        return
+    needed = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
+    try:
+        allocated = ds.id.get_num_chunks()
+    except Exception:  # noqa: BLE001 - HDF5 builds without chunk queries: reading will tell
+        return
+    if allocated < needed:
+        raise _Problem(f"'{key}' declares shape {ds.shape} but the file holds data for only {allocated:,} of "
+                       f"its {needed:,} chunks (truncated or unfinished)", _REEXTRACT)
+
+
 def _feature_key(f: h5py.File) -> str:
     for key in FEATURE_KEYS:
         if key in f:
+            _refuse_external(f, key)
             if not isinstance(f[key], h5py.Dataset):
                 raise _Problem(f"'{key}' is an HDF5 group, not a dataset")
             return key
@@ -114,9 +151,13 @@ def _h5_header(f: h5py.File) -> tuple[str, _Header]:
     ds = f[key]
     if ds.shape is None:
         raise _Problem(f"'{key}' is a null (shapeless) dataset", _REEXTRACT)
+    _check_storage(ds, key)
+    if "coords" in f:
+        _refuse_external(f, "coords")
     coords = f.get("coords")
     cshape = None
     if isinstance(coords, h5py.Dataset):
+        _check_storage(coords, "coords")
         if coords.shape is None or coords.dtype.kind not in "iuf":
             raise _Problem(f"'coords' has dtype {coords.dtype} and shape {coords.shape}, expected (N, 2) numbers",
                            _REEXTRACT)
@@ -179,6 +220,7 @@ def _finish(features: np.ndarray, coords: np.ndarray | None) -> BagArrays:
     if coords is not None and coords.dtype.kind not in "iuf":
         raise _Problem(f"coords have non-numeric dtype {coords.dtype}", _REEXTRACT)
     _check_header(h)
+    _warn_integer_features(features.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         feats = np.ascontiguousarray(features.reshape(_squeeze(features.shape)), dtype=np.float32)
     bad = ~np.isfinite(feats).all(axis=1)
@@ -192,6 +234,17 @@ def _finish(features: np.ndarray, coords: np.ndarray | None) -> BagArrays:
             coords = np.rint(coords)
         coords = np.ascontiguousarray(coords, dtype=np.int64)
     return BagArrays(feats, coords)
+
+
+_WARNED_DTYPES: set[str] = set()
+
+
+def _warn_integer_features(dtype: np.dtype) -> None:
+    """Integer features are unusual (a quantised or mislabelled export): say once per dtype that they are cast."""
+    if dtype.kind in "iu" and str(dtype) not in _WARNED_DTYPES:
+        _WARNED_DTYPES.add(str(dtype))
+        warnings.warn(f"{dtype} features are cast to float32 (integer patch features are unusual: check the "
+                      "feature export)", stacklevel=4)
 
 
 def _read_dataset(ds: h5py.Dataset) -> np.ndarray:
