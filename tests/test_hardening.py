@@ -123,6 +123,20 @@ def test_config_values_are_checked_like_flags(capsys, files, tmp_path):
     assert_one_error(run_cli(capsys, *train_args(files, "--config", config)), "batch_size")
 
 
+@pytest.mark.parametrize("text, word", [("seed: 1.5\n", "seed"), ("k: three\n", "--k")])
+def test_config_values_of_the_wrong_type(capsys, files, tmp_path, text, word):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    args = ["train", "--features", files.features, "--clinical", files.clinical, "--results-dir", files.results,
+            "--max-epochs", "1", "--config", config]
+    assert_one_error(run_cli(capsys, *args), word)
+    assert not files.results.exists()
+
+
+def test_a_flag_click_cannot_parse_is_one_line(capsys, files):
+    assert_one_error(run_cli(capsys, *train_args(files, "--batch-size", "abc")), "--batch-size", "--help")
+
+
 def _trained(capsys, f) -> Path:
     _train_ok(capsys, f)
     return f.results / "abmil_s1"
@@ -277,3 +291,191 @@ def test_sigterm_leaves_no_temporaries(files):
             proc.kill()
     assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
     _no_temporaries(files.results)
+
+
+# -- 4. validate on a file declaring more rows than it holds ------------------------------------------
+def test_validate_a_tiny_file_declaring_2_40_rows(capsys, tmp_path):
+    import h5py
+
+    folder = tmp_path / "features_x"
+    folder.mkdir()
+    with h5py.File(folder / "huge.h5", "w") as f:
+        f.create_dataset("features", shape=(2**40, 16), dtype="f4", chunks=(1, 16), maxshape=(None, 16))
+    with h5py.File(folder / "contiguous.h5", "w") as f:
+        f.create_dataset("features", shape=(2**40, 16), dtype="f4")
+    assert (folder / "huge.h5").stat().st_size < 1 << 20
+    run = run_cli(capsys, "validate", folder)
+    assert run.code == 1
+    assert run.out.count("declares shape (1099511627776, 16)") == 2 and "NOT USABLE" in run.out
+
+
+# -- 6. silent wrong results ---------------------------------------------------------------------------
+def test_duplicate_column_names_are_refused(capsys, files):
+    text = files.clinical.read_text().splitlines()
+    rows = [text[0] + ",censorship"] + [line + ",0" for line in text[1:]]
+    files.clinical.write_text("\n".join(rows) + "\n")
+    assert_one_error(run_cli(capsys, *train_args(files)), str(files.clinical), "'censorship' appears twice")
+
+
+def test_empty_genomics_cells_are_imputed_with_a_warning(capsys, files):
+    import pandas as pd
+
+    genomics = pd.read_csv(files.genomics, dtype=str)
+    genomics.loc[2, "g1"] = None
+    genomics.to_csv(files.genomics, index=False)
+    with pytest.warns(UserWarning, match=r"1 empty genomics cell.*imputed with the training cases' mean"):
+        _train_ok(capsys, files, "--genomics", files.genomics, "--model", "msrl", "--param", "pretrain_epochs=0")
+
+
+def test_case_ids_in_nfc_and_nfd_are_one_case_and_leading_zeros_survive(capsys, files):
+    import unicodedata
+
+    import pandas as pd
+
+    table = pd.read_csv(files.clinical, dtype=str)
+    table.loc[0, "case_id"] = unicodedata.normalize("NFD", "café-0012")
+    table.loc[1, "case_id"] = unicodedata.normalize("NFC", "café-0012")
+    table.loc[1, ["survival_months", "censorship"]] = table.loc[0, ["survival_months", "censorship"]]
+    table.loc[2, "case_id"] = "0012"
+    table.to_csv(files.clinical, index=False)
+    _train_ok(capsys, files)
+    ids = set()
+    for path in (files.results / "abmil_s1").glob("split_*_results.csv"):
+        ids |= set(pd.read_csv(path, dtype=str)["case_id"])
+    assert unicodedata.normalize("NFC", "café-0012") in ids and "0012" in ids and len(ids) == 19
+
+
+def test_integer_features_warn_once(capsys, files):
+    import h5py
+
+    for i in range(3):
+        with h5py.File(files.bag(i), "r+") as f:
+            data = f["features"][()]
+            del f["features"]
+            f.create_dataset("features", data=np.round(data * 10).astype(np.int32))
+    with pytest.warns(UserWarning, match="int32 features are cast to float32") as record:
+        _train_ok(capsys, files)
+    assert sum("cast to float32" in str(w.message) for w in record) == 1
+
+
+def test_external_link_features_are_refused(capsys, files, tmp_path):
+    import h5py
+
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as f:
+        f.create_dataset("features", data=np.ones((5, 8), np.float32))
+    with h5py.File(files.bag(0), "r+") as f:
+        del f["features"]
+        f["features"] = h5py.ExternalLink(str(outside), "/features")
+    assert_one_error(run_cli(capsys, *train_args(files)), str(files.bag(0)), "external link")
+
+
+# -- 7. formula injection --------------------------------------------------------------------------------
+def test_formula_cells_are_neutralised_in_every_csv_written(capsys, files, tmp_path):
+    import pandas as pd
+
+    table = pd.read_csv(files.clinical, dtype=str)
+    evil = {0: '=HYPERLINK("http://x","y")', 1: "+cmd|' /C calc'!A0", 2: "@SUM(A1)", 3: "-2+3", 4: "-7"}
+    for i, case in evil.items():
+        table.loc[i, "case_id"] = case
+    table.to_csv(files.clinical, index=False)
+    folder = _trained(capsys, files)
+    cells = set()
+    for path in folder.glob("*.csv"):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        cells |= set(frame.to_numpy().ravel()) | set(frame.columns)
+    assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r") or (c.startswith("-") and not
+                                                                              _is_number(c))]
+    assert "'=HYPERLINK(\"http://x\",\"y\")" in cells and "-7" in cells  # an id that is a number stays as is
+    risks = pd.concat(pd.read_csv(p) for p in folder.glob("split_*_results.csv"))["risk"]
+    assert risks.dtype == float and (risks < 0).all()  # negative numbers stay numbers
+    out = tmp_path / "pred.csv"
+    assert run_cli(capsys, "predict", "--model-path", folder / "s_0_checkpoint.pt", "--features",
+                   files.features, "--clinical", files.clinical, "--out", out).code == 0
+    assert "'@SUM(A1)" in set(pd.read_csv(out, dtype=str)["case_id"])
+    # and a resumed run reads its own neutralised ids back
+    assert run_cli(capsys, *train_args(files, "--resume")).code == 0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- 8. messages -------------------------------------------------------------------------------------------
+def test_semicolon_separated_csv_is_read(capsys, files):
+    text = files.clinical.read_text().replace(",", ";")
+    files.clinical.write_text(text)
+    _train_ok(capsys, files)
+
+
+def test_semicolon_csv_with_missing_columns_says_so(capsys, files):
+    text = files.clinical.read_text().replace(",", ";").replace("censorship", "status")
+    files.clinical.write_text(text)
+    assert_one_error(run_cli(capsys, *train_args(files)), str(files.clinical), "'censorship'")
+
+
+@pytest.mark.parametrize("kind, words", [("dir", "is a folder"), ("loop", "symbolic link loop")])
+def test_folder_or_link_loop_named_like_a_bag(capsys, files, kind, words):
+    bag = files.bag(3)
+    bag.unlink()
+    if kind == "dir":
+        bag.mkdir()
+    else:
+        bag.symlink_to(bag.name)
+    assert_one_error(run_cli(capsys, *train_args(files)), str(bag), words)
+
+
+def test_sparse_pt_bag_is_reported_as_sparse(capsys, tmp_path):
+    import torch
+
+    folder = tmp_path / "pt_files"
+    folder.mkdir()
+    torch.save(torch.eye(4).to_sparse(), folder / "s.pt")
+    run = run_cli(capsys, "validate", folder)
+    assert run.code == 1 and "sparse" in run.out
+
+
+# -- 9. TRIDENT saveas='pt' of a slide without tissue ---------------------------------------------------
+def _pt_cohort(root: Path, n: int = 20):
+    import pandas as pd
+    import torch
+
+    folder = root / "features_uni_v1"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):  # TRIDENT saveas='pt' pickles the numpy array itself
+        torch.save(rng.normal(size=(int(rng.integers(6, 12)), 8)).astype(np.float32), folder / f"s{i}.pt")
+    torch.save(np.zeros((0,), np.float32), folder / f"s{n}.pt")  # TRIDENT's 0-patch output: shape (0,)
+    clinical = root / "clinical.csv"
+    pd.DataFrame({"case_id": [f"c{i}" for i in range(n + 1)], "slide_id": [f"s{i}" for i in range(n + 1)],
+                  "survival_months": rng.uniform(1, 60, n + 1).round(2),
+                  "censorship": [i % 2 for i in range(n + 1)]}).to_csv(clinical, index=False)
+    return folder, clinical
+
+
+def test_trident_pt_bag_of_an_empty_slide_is_an_empty_bag(capsys, tmp_path):
+    folder, clinical = _pt_cohort(tmp_path)
+    base = ["train", "--features", folder, "--clinical", clinical, "--results-dir", tmp_path / "r",
+            "--max-epochs", "1", "--k", "2"]
+    assert_one_error(run_cli(capsys, *base), "s20.pt", "empty (0 patches)", "--on-empty skip")
+    run = run_cli(capsys, *base, "--on-empty", "skip")
+    assert run.code == 0, run.err
+    assert "empty" in run_cli(capsys, "validate", folder).out
+
+
+def test_other_pickled_objects_in_pt_bags_stay_refused(capsys, tmp_path):
+    import torch
+
+    class Sized:
+        def __reduce__(self):
+            return (bytes, (10**6,))  # bytes(n) would allocate n bytes on the file's say-so
+
+    folder = tmp_path / "pt_files"
+    folder.mkdir()
+    torch.save({"features": Sized()}, folder / "s.pt")
+    run = run_cli(capsys, "validate", folder)
+    assert run.code == 1 and "refusing to unpickle" in run.out
