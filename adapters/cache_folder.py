@@ -139,7 +139,11 @@ def create_data_file(path: Path):
 
 
 def open_lock(folder: Path):
-    fd = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o666)
+    try:
+        fd = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise BadInputError(f"cannot open the cache's .lock file ({exc.strerror}; a link is never followed)",
+                            folder / ".lock", "Delete that .lock file, or choose another --cache-dir") from None
     return os.fdopen(fd, "a")
 
 

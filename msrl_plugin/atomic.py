@@ -50,6 +50,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent, target.name)  # a killed earlier write of this file
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     except OSError as exc:
         raise MSRLPluginError(f"cannot write here ({exc.strerror})", target.parent,
@@ -69,12 +70,15 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries of :func:`atomic_path` that a killed process left in ``folder``; returns them."""
+def remove_stale_temporaries(folder: str | os.PathLike, target_name: str | None = None) -> list[Path]:
+    """Delete the temporaries of :func:`atomic_path` that a killed process left in ``folder`` (only those of
+    ``target_name`` when given); returns them."""
     removed = []
+    pattern = _TEMPORARY if target_name is None else re.compile(
+        rf"^\.{re.escape(target_name)}\.[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?\.tmp$")
     with contextlib.suppress(OSError):
         for path in Path(folder).iterdir():
-            if _TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
+            if pattern.match(path.name) and path.is_file() and not path.is_symlink():
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed.append(path)

@@ -74,6 +74,17 @@ def test_foreign_index_is_a_miss_with_a_warning_and_the_named_file_is_kept(capsy
     assert mine.read_bytes() == b"not written by the cache"
 
 
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(capsys, files, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / MARKER).write_text("")
+    (cache / ".lock").symlink_to(victim)
+    assert_one_error(run_cli(capsys, *train_args(files, "--cache-dir", cache)), ".lock", "--cache-dir")
+    assert victim.read_text() == "keep"
+
+
 def test_users_own_files_in_the_cache_folder_are_never_deleted(capsys, files, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
