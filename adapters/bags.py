@@ -7,7 +7,6 @@ Formats (``BagFile.fmt``): ``trident`` (h5 ``features`` + ``coords`` with TRIDEN
 from __future__ import annotations
 
 import collections
-import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -20,6 +19,9 @@ import numpy as np
 
 from ..cohort import BagArrays
 from ..errors import BadInputError, MSRLPluginError
+from .h5_checks import REEXTRACT as _REEXTRACT
+from .h5_checks import H5Problem as _Problem  # a defect found in a bag; callers attach the path
+from .h5_checks import check_storage, refuse_external
 from .safe_torch import load_pt_payload
 
 FORMATS = ("trident", "clam_h5", "stamp", "pt", "h5")
@@ -29,7 +31,6 @@ TRIDENT_COORD_ATTRS = frozenset({"patch_size", "level0_magnification", "target_m
 EMPTY_PROBLEM = "empty bag (0 patches)"
 EMPTY_FIX = ("Pass --on-empty skip to leave such slides out (TRIDENT writes 0-patch files for slides with "
              "too little tissue), or re-run patching with a lower tissue threshold")
-_REEXTRACT = "Re-run feature extraction for this slide (delete the file first)"
 _SCAN_BYTES = 1 << 24  # NaN scan block size
 
 
@@ -40,14 +41,6 @@ class BagFile:
     slide_id: str
     path: Path
     fmt: str
-
-
-class _Problem(Exception):
-    """A defect found in a bag; callers attach the path (``BadInputError``) or list it (``inspect_bag``)."""
-
-    def __init__(self, problem: str, fix: str | None = None):
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
 
 
 @dataclass
@@ -88,44 +81,10 @@ def _short(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _refuse_external(f: h5py.File, key: str) -> None:
-    """Data must live in the bag file itself: an external link, external storage or a virtual dataset would read
-    another file (one outside the features folder, or one chosen by whoever wrote this file)."""
-    link = f.get(key, getlink=True)
-    if isinstance(link, h5py.ExternalLink):
-        raise _Problem(f"'{key}' is an external link to {link.filename!r}: its data lives in another file",
-                       "Copy the data into the bag file (h5py: f.copy) or pass the linked file itself")
-    ds = f[key]
-    if isinstance(ds, h5py.Dataset) and (ds.is_virtual or ds.external):
-        raise _Problem(f"'{key}' is a virtual or externally stored dataset: its data lives in other files",
-                       "Copy the data into the bag file (h5py: f.copy) or pass the files it refers to")
-
-
-def _check_storage(ds: h5py.Dataset, key: str) -> None:
-    """A declared shape the file cannot hold (cut short, unfinished, or forged) is refused without reading it."""
-    if not ds.shape or 0 in ds.shape:
-        return
-    declared = math.prod(ds.shape) * ds.dtype.itemsize
-    if ds.chunks is None:
-        stored = ds.id.get_storage_size()
-        if stored < declared and ds.id.get_create_plist().get_layout() != h5py.h5d.COMPACT:
-            raise _Problem(f"'{key}' declares shape {ds.shape} ({declared:,} bytes) but the file stores only "
-                           f"{stored:,} bytes of it (truncated or unfinished)", _REEXTRACT)
-        return
-    needed = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
-    try:
-        allocated = ds.id.get_num_chunks()
-    except Exception:  # noqa: BLE001 - HDF5 builds without chunk queries: reading will tell
-        return
-    if allocated < needed:
-        raise _Problem(f"'{key}' declares shape {ds.shape} but the file holds data for only {allocated:,} of "
-                       f"its {needed:,} chunks (truncated or unfinished)", _REEXTRACT)
-
-
 def _feature_key(f: h5py.File) -> str:
     for key in FEATURE_KEYS:
         if key in f:
-            _refuse_external(f, key)
+            refuse_external(f, key)
             if not isinstance(f[key], h5py.Dataset):
                 raise _Problem(f"'{key}' is an HDF5 group, not a dataset")
             return key
@@ -151,13 +110,13 @@ def _h5_header(f: h5py.File) -> tuple[str, _Header]:
     ds = f[key]
     if ds.shape is None:
         raise _Problem(f"'{key}' is a null (shapeless) dataset", _REEXTRACT)
-    _check_storage(ds, key)
+    check_storage(ds, key)
     if "coords" in f:
-        _refuse_external(f, "coords")
+        refuse_external(f, "coords")
     coords = f.get("coords")
     cshape = None
     if isinstance(coords, h5py.Dataset):
-        _check_storage(coords, "coords")
+        check_storage(coords, "coords")
         if coords.shape is None or coords.dtype.kind not in "iuf":
             raise _Problem(f"'coords' has dtype {coords.dtype} and shape {coords.shape}, expected (N, 2) numbers",
                            _REEXTRACT)

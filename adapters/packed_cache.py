@@ -37,9 +37,19 @@ from ..atomic import remove_stale_temporaries, write_json
 from ..cohort import BagArrays
 from ..errors import BadInputError
 from .bags import EMPTY_FIX, EMPTY_PROBLEM, BagFile, guess_format, is_locked, read_bag
-from .cache_folder import (DATA_NAME, HEADER, ForeignFile, claim_cache_folder, create_data_file, new_data_name,
-                           open_data_for_append, open_data_for_reading, open_lock, read_index_text,
-                           remove_own_data_files)
+from .cache_folder import (
+    DATA_NAME,
+    HEADER,
+    ForeignFile,
+    claim_cache_folder,
+    create_data_file,
+    new_data_name,
+    open_data_for_append,
+    open_data_for_reading,
+    open_lock,
+    read_index_text,
+    remove_own_data_files,
+)
 
 INDEX = "index.json"
 LOCK = ".lock"

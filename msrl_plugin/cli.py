@@ -204,8 +204,8 @@ def train(**kw):
     from .adapters.results import ResultsFolder
     from .aggregators.base import resolve_device
     from .distributed import init_from_torchrun, is_main
-    from .experiment import SELECTION_RULE, cross_validate
-    from .splits import kfold_splits
+    from .experiment import SELECTION_RULE, check_fold_inputs, cross_validate
+    from .splits import kfold_splits, select_folds
 
     init_from_torchrun()
 
@@ -240,23 +240,6 @@ def train(**kw):
         click.echo(f"results: {sink.path}")
 
 
-def select_folds(folds: list, k_start: int, k_end: int) -> list:
-    """CLAM's ``--k_start``/``--k_end`` (end exclusive; -1 = from the first / to the last fold), checked."""
-    n = len(folds)
-    for flag, value in (("--k-start", k_start), ("--k-end", k_end)):
-        if not isinstance(value, int) or value < -1:
-            raise MSRLPluginError(f"{flag} {value!r} is not a fold number", fix=f"pass {flag} 0..{n - 1}, or -1")
-    start = max(k_start, 0)
-    end = n if k_end < 0 else k_end
-    if start >= n:
-        raise MSRLPluginError(f"--k-start {k_start} is past the last fold (folds 0..{n - 1})",
-                              fix=f"pass --k-start 0..{n - 1}")
-    if end > n or end <= start:
-        raise MSRLPluginError(f"--k-end {k_end} must be after --k-start {start} and at most {n} "
-                              "(the fold it names is not run)", fix=f"pass --k-end {start + 1}..{n}, or -1")
-    return folds[start:end]
-
-
 def check_model_inputs(model: str, cohort) -> None:
     """Fail before anything is written when the model needs genomics the cohort does not have."""
     from .registry import get_aggregator_class
@@ -264,25 +247,6 @@ def check_model_inputs(model: str, cohort) -> None:
     if get_aggregator_class(model).uses_genomics and not cohort.has_genomics.any():
         raise MSRLPluginError(f"model {model!r} needs genomics but no case has a genomics row",
                               fix="pass --genomics TABLE (rows keyed by case_id), or use --model abmil")
-
-
-def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds) -> None:
-    """Every fold's genomics preconditions, before anything is written (a run must not stop at fold 2)."""
-    from .registry import create_aggregator
-
-    aggregator = create_aggregator(model, **params)
-    imputes = getattr(aggregator, "missing_genomics", "error") == "impute_mean"
-    has = dict(zip(cohort.case_ids, cohort.has_genomics.tolist()))
-    for fold in folds:
-        if aggregator.uses_genomics and not any(has[c] for c in fold.train):
-            raise MSRLPluginError(f"model {model!r} needs genomics but no training case of fold {fold.k} has a "
-                                  "genomics row", fix="check that the genomics case ids match the clinical ones "
-                                  "(they are compared as text: '0012' is not '12'), or use --model abmil")
-        lacking = [c for c in fold.test if not has[c]]
-        if aggregator.genomics_at_test and not imputes and lacking:
-            raise MSRLPluginError(f"model {model!r} reads genomics at test time; {len(lacking)} test case(s) of "
-                                  f"fold {fold.k} have no genomics row (e.g. {lacking[0]!r})",
-                                  fix="pass --genomics with a row for every case, or use a WSI-only model")
 
 
 def split_dir_folds(cohort, split_dir: Path):

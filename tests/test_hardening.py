@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_inputs import assert_nothing_half_written, assert_one_error, make_files, run_cli, train_args
-
 from msrl_plugin.adapters.cache_folder import HEADER, MARKER, SUBFOLDER
+from test_bad_inputs import assert_nothing_half_written, assert_one_error, make_files, run_cli, train_args
 
 
 @pytest.fixture
@@ -182,6 +181,7 @@ def test_resume_with_foreign_fold_results(capsys, files):
 
 def test_resume_with_a_training_state_for_other_features(capsys, files, tmp_path):
     from msrl_plugin.adapters import load_cohort
+
     from msrl_plugin.aggregators.abmil import ABMILAggregator
 
     other = make_files(tmp_path / "other", dim=16)
