@@ -100,8 +100,11 @@ class ResultsFolder:
                     raise MSRLPluginError(f"checkpoint of a {str(ckpt.get('aggregator'))[:40]!r} model on "
                                           f"{ckpt.get('feature_dim')}-d features, not this run's {model_name!r} on "
                                           f"{dim}-d features", self.checkpoint_path(fold.k), _FOREIGN_FIX)
-            elif state.is_file():
-                create_aggregator(model_name, **params).check_training_state(state, self.cohort)
+            else:
+                if self.predictions_path(fold.k).is_file():  # would be replaced by the re-run: must be ours
+                    self._check_predictions(fold)
+                if state.is_file():
+                    create_aggregator(model_name, **params).check_training_state(state, self.cohort)
 
     def _check_predictions(self, fold) -> None:
         path = self.predictions_path(fold.k)
@@ -137,10 +140,19 @@ class ResultsFolder:
                 if col in cases:
                     table[col] = cases[col].to_numpy()
             table.insert(0, "slide_id", [";".join(self.cohort.slides[c]) for c in table.index])
-        write_csv(self.path / f"splits_{fold.k}.csv", split_table(fold, self.cohort), index=True)
-        write_json(self.path / f"split_{fold.k}_metrics.json", {**metrics, **extra})
-        model.save(self.checkpoint_path(fold.k))
-        write_csv(self.predictions_path(fold.k), table, index=True)
+        writes = [(self.path / f"splits_{fold.k}.csv", lambda p: write_csv(p, split_table(fold, self.cohort), True)),
+                  (self.path / f"split_{fold.k}_metrics.json", lambda p: write_json(p, {**metrics, **extra})),
+                  (self.checkpoint_path(fold.k), model.save),
+                  (self.predictions_path(fold.k), lambda p: write_csv(p, table, index=True))]
+        done = []
+        try:
+            for path, write in writes:
+                write(path)
+                done.append(path)
+        except BaseException:  # disk full, Ctrl-C: no fold is left with a checkpoint but no predictions
+            for path in done:
+                path.unlink(missing_ok=True)
+            raise
 
     def write_summary(self, rows: list[dict[str, Any]], task: str) -> Path:
         frame = pd.DataFrame(rows).rename(columns=lambda c: "folds" if c == "fold" else clam_metric_name(c)

@@ -256,6 +256,25 @@ def test_disk_full_while_writing_a_csv(capsys, files, monkeypatch):
     assert not list(files.results.rglob("*.csv"))
 
 
+def test_disk_full_at_the_last_file_of_a_fold_leaves_no_half_fold(capsys, files, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    real = pd.DataFrame.to_csv
+
+    def full_at_predictions(self, path, *args, **kwargs):
+        if "split_0_results" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_at_predictions)
+    run = run_cli(capsys, *train_args(files))
+    assert_one_error(run, "split_0_results.csv", "No space left on device")
+    assert_nothing_half_written(files.results)
+    assert not list(files.results.rglob("s_0_checkpoint.pt"))
+
+
 def test_temporaries_of_a_killed_run_are_removed_by_the_next(capsys, files):
     folder = files.results / "abmil_s1"
     folder.mkdir(parents=True)
