@@ -63,11 +63,12 @@ def _reals(low: float, high: float | None = None, closed: str = "left") -> list:
 # scikit-learn style constraints, by parameter name, for every aggregator that has the parameter (a subclass adds
 # its own in ``_parameter_constraints``); checked when a model is created, fitted or loaded (check_params)
 PARAMETER_CONSTRAINTS: dict[str, list] = {
-    **{name: _ints(1) for name in ("max_epochs", "batch_size", "hidden_dim", "embed_dim", "decoder_dim",
+    **{name: _ints(1) for name in ("batch_size", "hidden_dim", "embed_dim", "decoder_dim",
                                    "latent_dim", "omic_dim", "k", "learner_layers", "buffer_size",
                                    "pretrain_batch_size", "n_blocks", "n_omic_blocks", "n_bins")},
     **{name: [*_ints(1), None] for name in ("attn_dim", "max_patches", "buffer_candidates")},
-    **{name: _ints(0) for name in ("pretrain_epochs", "kl_warmup", "seed")},
+    # max_epochs=0 is an untrained model (a control); a negative budget is a typo
+    **{name: _ints(0) for name in ("max_epochs", "pretrain_epochs", "kl_warmup", "seed")},
     **{name: _reals(0, closed="neither") for name in ("lr", "pretrain_lr", "temperature")},
     **{name: _reals(0) for name in ("reg", "align_weight", "recon_weight", "kl_weight", "cosine_exponent")},
     **{name: _reals(0, 1) for name in ("dropout", "gcn_dropout", "dropedge", "maskfeat_rate_learner",
