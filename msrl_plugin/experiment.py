@@ -77,13 +77,13 @@ def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds) -> None
     for fold in folds:
         if aggregator.uses_genomics and not any(has[c] for c in fold.train):
             raise BadInputError(f"model {model!r} needs genomics but no training case of fold {fold.k} has a "
-                                  "genomics row", fix="check that the genomics case ids match the clinical ones "
-                                  "(they are compared as text: '0012' is not '12'), or use --model abmil")
+                                "genomics row", fix="check that the genomics case ids match the clinical ones "
+                                "(they are compared as text: '0012' is not '12'), or use --model abmil")
         lacking = [c for c in fold.test if not has[c]]
         if aggregator.genomics_at_test and not imputes and lacking:
             raise BadInputError(f"model {model!r} reads genomics at test time; {len(lacking)} test case(s) of "
-                                  f"fold {fold.k} have no genomics row (e.g. {lacking[0]!r})",
-                                  fix="pass --genomics with a row for every case, or use a WSI-only model")
+                                f"fold {fold.k} have no genomics row (e.g. {lacking[0]!r})",
+                                fix="pass --genomics with a row for every case, or use a WSI-only model")
 
 
 def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: dict[str, Any],

@@ -127,8 +127,8 @@ def select_folds(folds: list, k_start: int, k_end: int) -> list:
     end = n if k_end < 0 else k_end
     if start >= n:
         raise BadInputError(f"--k-start {k_start} is past the last fold (folds 0..{n - 1})",
-                              fix=f"pass --k-start 0..{n - 1}")
+                            fix=f"pass --k-start 0..{n - 1}")
     if end > n or end <= start:
         raise BadInputError(f"--k-end {k_end} must be after --k-start {start} and at most {n} "
-                              "(the fold it names is not run)", fix=f"pass --k-end {start + 1}..{n}, or -1")
+                            "(the fold it names is not run)", fix=f"pass --k-end {start + 1}..{n}, or -1")
     return folds[start:end]
