@@ -297,6 +297,19 @@ def test_results_files_honour_the_umask(capsys, files):
         assert (folder / name).stat().st_mode & 0o777 == 0o644, name
 
 
+def test_ctrl_c_while_saving_leaves_no_temporaries(capsys, files, monkeypatch):
+    import torch
+
+    def interrupted(obj, fh, *args, **kwargs):
+        fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    run = run_cli(capsys, *train_args(files))
+    assert run.code == 130 and "interrupted" in run.err and "Traceback" not in run.err
+    _no_temporaries(files.results)
+
+
 def test_sigterm_leaves_no_temporaries(files):
     import signal
     import subprocess
