@@ -306,7 +306,7 @@ def test_ctrl_c_while_saving_leaves_no_temporaries(capsys, files, monkeypatch):
 
     monkeypatch.setattr(torch, "save", interrupted)
     run = run_cli(capsys, *train_args(files))
-    assert run.code == 130 and "interrupted" in run.err and "Traceback" not in run.err
+    assert run.code == 130 and "aborted" in run.err and "Traceback" not in run.err
     _no_temporaries(files.results)
 
 
