@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ import numpy as np
 
 from ..cohort import BagArrays
 from ..errors import BadInputError, MSRLPluginError
+from .h5_checks import REEXTRACT as _REEXTRACT
+from .h5_checks import H5Problem as _Problem  # a defect found in a bag; callers attach the path
+from .h5_checks import check_storage, refuse_external
 from .safe_torch import load_pt_payload
 
 FORMATS = ("trident", "clam_h5", "stamp", "pt", "h5")
@@ -27,7 +31,6 @@ TRIDENT_COORD_ATTRS = frozenset({"patch_size", "level0_magnification", "target_m
 EMPTY_PROBLEM = "empty bag (0 patches)"
 EMPTY_FIX = ("Pass --on-empty skip to leave such slides out (TRIDENT writes 0-patch files for slides with "
              "too little tissue), or re-run patching with a lower tissue threshold")
-_REEXTRACT = "Re-run feature extraction for this slide (delete the file first)"
 _SCAN_BYTES = 1 << 24  # NaN scan block size
 
 
@@ -38,14 +41,6 @@ class BagFile:
     slide_id: str
     path: Path
     fmt: str
-
-
-class _Problem(Exception):
-    """A defect found in a bag; callers attach the path (``BadInputError``) or list it (``inspect_bag``)."""
-
-    def __init__(self, problem: str, fix: str | None = None):
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
 
 
 @dataclass
@@ -89,6 +84,7 @@ def _short(exc: BaseException, limit: int = 120) -> str:
 def _feature_key(f: h5py.File) -> str:
     for key in FEATURE_KEYS:
         if key in f:
+            refuse_external(f, key)
             if not isinstance(f[key], h5py.Dataset):
                 raise _Problem(f"'{key}' is an HDF5 group, not a dataset")
             return key
@@ -114,9 +110,13 @@ def _h5_header(f: h5py.File) -> tuple[str, _Header]:
     ds = f[key]
     if ds.shape is None:
         raise _Problem(f"'{key}' is a null (shapeless) dataset", _REEXTRACT)
+    check_storage(ds, key)
+    if "coords" in f:
+        refuse_external(f, "coords")
     coords = f.get("coords")
     cshape = None
     if isinstance(coords, h5py.Dataset):
+        check_storage(coords, "coords")
         if coords.shape is None or coords.dtype.kind not in "iuf":
             raise _Problem(f"'coords' has dtype {coords.dtype} and shape {coords.shape}, expected (N, 2) numbers",
                            _REEXTRACT)
@@ -179,6 +179,7 @@ def _finish(features: np.ndarray, coords: np.ndarray | None) -> BagArrays:
     if coords is not None and coords.dtype.kind not in "iuf":
         raise _Problem(f"coords have non-numeric dtype {coords.dtype}", _REEXTRACT)
     _check_header(h)
+    _warn_integer_features(features.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         feats = np.ascontiguousarray(features.reshape(_squeeze(features.shape)), dtype=np.float32)
     bad = ~np.isfinite(feats).all(axis=1)
@@ -192,6 +193,17 @@ def _finish(features: np.ndarray, coords: np.ndarray | None) -> BagArrays:
             coords = np.rint(coords)
         coords = np.ascontiguousarray(coords, dtype=np.int64)
     return BagArrays(feats, coords)
+
+
+_WARNED_DTYPES: set[str] = set()
+
+
+def _warn_integer_features(dtype: np.dtype) -> None:
+    """Integer features are unusual (a quantised or mislabelled export): say once per dtype that they are cast."""
+    if dtype.kind in "iu" and str(dtype) not in _WARNED_DTYPES:
+        _WARNED_DTYPES.add(str(dtype))
+        warnings.warn(f"{dtype} features are cast to float32 (integer patch features are unusual: check the "
+                      "feature export)", stacklevel=4)
 
 
 def _read_dataset(ds: h5py.Dataset) -> np.ndarray:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..cohort import CLASSIFICATION
 from ..errors import BadInputError
-from .tables import ClinicalTable, read_clinical, strip_slide_extension
+from .tables import ClinicalTable, normalise_id, read_clinical, strip_slide_extension
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_FILE = re.compile(r"^splits_(\d+)(_bool)?\.csv$")
@@ -46,8 +46,8 @@ def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
         ids = frame[index_col].str.strip()
         if (ids.isna() | (ids == "")).any():
             raise BadInputError("a row of this True/False split file has no id", path, _SPLIT_FIX)
-        return {c: ids[frame[c].str.strip().str.lower() == "true"].tolist() for c in cols}
-    return {c: [v for v in frame[c].dropna().str.strip() if v] for c in cols}
+        return {c: [normalise_id(v) for v in ids[frame[c].str.strip().str.lower() == "true"]] for c in cols}
+    return {c: [normalise_id(v) for v in frame[c].dropna().str.strip() if v] for c in cols}
 
 
 def find_split_files(split_dir: str | os.PathLike) -> list[Path]:

@@ -6,8 +6,10 @@ those two folders, and a flat folder of ``.h5`` (TRIDENT/CLAM ``features`` or ST
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,8 @@ class BagIndex:
     root: Path
     folder: Path | None = None
     ignored: list[Path] = field(default_factory=list)
+    #: slide id -> (path, what is wrong) for bag names that are not readable files (a folder, a link loop)
+    unusable: dict[str, tuple[Path, str]] = field(default_factory=dict)
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -46,6 +50,28 @@ def _subdirs(folder: Path) -> list[Path]:
 def _bag_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+
+
+def slide_id_of(path: Path) -> str:
+    """The slide id of a bag file: its name without the final .h5/.pt, in Unicode NFC (macOS writes NFD)."""
+    return unicodedata.normalize("NFC", path.stem)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why an entry with a bag's name is not a readable file."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symbolic link loop"
+            return f"is a symbolic link to a missing file ({os.readlink(path)!r})"
+    return "is a folder, not a bag file" if path.is_dir() else "is not a regular file"
+
+
+def _unusable(folder: Path, suffixes: tuple[str, ...]) -> dict[str, tuple[Path, str]]:
+    return {slide_id_of(p): (p, _not_a_file(p)) for p in sorted(folder.iterdir())
+            if not p.name.startswith(".") and p.suffix.lower() in suffixes and not p.is_file()}
 
 
 def _feature_dirs(folder: Path) -> list[Path]:
@@ -126,12 +152,12 @@ def _flat(folder: Path, layout: str, default_fmt: str, root: Path) -> BagIndex:
         if is_locked(path):
             locked.append(path)
             continue
-        slide_id = path.stem  # only the final .h5/.pt: "TCGA-...-DX1.<uuid>" stays whole
+        slide_id = slide_id_of(path)  # only the final .h5/.pt: "TCGA-...-DX1.<uuid>" stays whole
         files[slide_id] = BagFile(slide_id, path, "pt" if path.suffix.lower() in PT_SUFFIXES else fmt)
     if locked:
         warnings.warn(f"{folder}: skipping {len(locked)} locked bag(s) still being written "
                       f"(a .lock file exists), e.g. {locked[0].name}", stacklevel=3)
-    return BagIndex(files, locked, layout, root, folder, ignored)
+    return BagIndex(files, locked, layout, root, folder, ignored, _unusable(folder, H5_SUFFIXES + PT_SUFFIXES))
 
 
 def _features_folder(folder: Path, layout: str, root: Path) -> BagIndex:

@@ -16,7 +16,7 @@ from .bags import EMPTY_FIX, FileBagSource, inspect_bag, read_bag
 from .clam import read_clam_dataset_csv
 from .layouts import BagIndex, find_bags
 from .packed_cache import build_or_update_packed_cache
-from .tables import ClinicalTable, read_clinical, read_genomics, read_table, strip_slide_extension
+from .tables import ClinicalTable, normalise_id, read_clinical, read_genomics, read_table, strip_slide_extension
 
 ON_EMPTY = ("error", "skip")
 ON_MISSING_BAG = ("error", "skip")
@@ -80,6 +80,11 @@ def _attach_bags(table: ClinicalTable, index: BagIndex, on_empty: str,
     with_bag = {c: [s for s in ss if s in index.files] for c, ss in table.slides.items()}
     missing = {c: [s for s in ss if s not in index.files] for c, ss in table.slides.items()}
     missing = {c: ss for c, ss in missing.items() if ss}
+    odd = [(s, *index.unusable[s]) for ss in missing.values() for s in ss if s in index.unusable]
+    if odd and on_missing_bag == "error":
+        slide, path, what = odd[0]
+        raise BadInputError(f"the bag of slide {slide!r} {what}", path,
+                            "Put the slide's feature file there, or pass --on-missing-bag skip to drop it")
     if missing:
         locked = {p.stem for p in index.locked} & {s for ss in missing.values() for s in ss}
         note = f"; {len(locked)} of the missing bags are locked (still being written)" if locked else ""
@@ -114,7 +119,7 @@ def _match_genomics(genomics: PathLike | pd.DataFrame | None, table: ClinicalTab
     path = None if isinstance(genomics, pd.DataFrame) else Path(genomics)
     frame = genomics if path is None else read_genomics(path, case_col)
     frame = frame.copy()
-    frame.index = frame.index.astype(str)
+    frame.index = frame.index.map(normalise_id)
     known = frame.index.isin(table.cases.index)
     if not known.any():
         raise BadInputError(f"none of the {len(frame)} genomics case ids match a clinical case id "
@@ -124,8 +129,22 @@ def _match_genomics(genomics: PathLike | pd.DataFrame | None, table: ClinicalTab
     if not known.all():
         unknown = list(frame.index[~known])
         warnings.warn(f"{len(unknown)} genomics row(s) match no clinical case and are ignored: "
-                      f"{_eg(unknown)}", stacklevel=3)
-    return frame[known]
+                      f"{_eg(unknown)}{_id_spelling_hint(unknown, table.cases.index)}", stacklevel=3)
+    frame = frame[known]
+    empty = frame.isna() & frame.notna().any(axis=1).to_numpy()[:, None]  # empty cells of rows that have values
+    if empty.to_numpy().any():
+        i, k = (int(x[0]) for x in empty.to_numpy().nonzero())
+        warnings.warn(f"{int(empty.to_numpy().sum())} empty genomics cell(s) in {int(empty.any(axis=1).sum())} "
+                      f"row(s) (e.g. case {frame.index[i]!r}, column {frame.columns[k]!r}) are imputed with the "
+                      "training cases' mean of that column", stacklevel=3)
+    return frame
+
+
+def _id_spelling_hint(unknown: Sequence[str], clinical: Sequence[str]) -> str:
+    """Ids are compared as text; say so when the unmatched ones differ from clinical ids only in leading zeros."""
+    stripped = {c.lstrip("0"): c for c in clinical}
+    pair = next(((u, stripped[u.lstrip("0")]) for u in unknown if u.lstrip("0") in stripped), None)
+    return "" if pair is None else f" (ids are compared as text: genomics {pair[0]!r} is not clinical {pair[1]!r})"
 
 
 def bag_source(files: dict, cache_bytes: int, cache_dir: PathLike | None, cache_float16: bool):
@@ -189,9 +208,9 @@ def load_unlabelled_cohort(features: PathLike, task: str, clinical: PathLike | N
         if case_col not in frame:
             raise BadInputError(f"no {case_col!r} column (columns: {', '.join(map(str, frame.columns))})",
                                 clinical, "choose the case id column with --case-col")
-        slide_ids = (frame[slide_col] if slide_col in frame else frame[case_col]).astype(str)
+        slide_ids = (frame[slide_col] if slide_col in frame else frame[case_col]).map(normalise_id)
         slides = {}
-        cases = frame[case_col].astype(str)
+        cases = frame[case_col].map(normalise_id)
         for case_id, slide in zip(cases, slide_ids.map(strip_slide_extension), strict=True):
             slides.setdefault(case_id, []).append(slide)
     table = ClinicalTable(pd.DataFrame(index=pd.Index(list(slides), name="case_id")), slides, task,

@@ -6,8 +6,10 @@ epochs and runs read it with one ``pread`` per bag.
 
 Layout of ``<cache_dir>``::
 
+    .msrl-plugin-cache      ownership marker: the cache touches only the files it made (see cache_folder)
     index.json              entries keyed by resolved source path: size + mtime_ns of the source, offsets
-    features-<token>.bin    feature segments (float32, or float16 on request) and int64 coords, aligned
+    features-<token>.bin    a header, then feature segments (float32, or float16 on request) and int64
+                            coords, aligned
     .lock                   held while a process updates the cache (several CV folds or ranks may share it)
 
 An entry is valid while its source file keeps the same resolved path, size and mtime_ns; a changed or new
@@ -22,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,15 +33,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_json
+from ..atomic import remove_stale_temporaries, write_json
 from ..cohort import BagArrays
 from ..errors import BadInputError
 from .bags import EMPTY_FIX, EMPTY_PROBLEM, BagFile, guess_format, is_locked, read_bag
+from .cache_folder import (
+    DATA_NAME,
+    HEADER,
+    ForeignFile,
+    claim_cache_folder,
+    create_data_file,
+    new_data_name,
+    open_data_for_append,
+    open_data_for_reading,
+    open_lock,
+    read_index_text,
+    remove_own_data_files,
+)
 
 INDEX = "index.json"
 LOCK = ".lock"
 FORMAT = "msrl-plugin-packed-cache"
-VERSION = 1
+VERSION = 2  # 2: data files begin with a header (cache_folder.HEADER)
 _ALIGN = 64
 _CHECKPOINT_BYTES = 256 << 20  # write the index every 256 MiB, so an interrupted first pass resumes
 _COPY_BYTES = 64 << 20  # compaction copies in blocks of this size (bounded RAM)
@@ -152,9 +167,10 @@ class PackedBagSource:
     def _open(self) -> None:
         self._lock = threading.Lock()
         try:
-            self._fd: int | None = os.open(self.data_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            raise BadInputError(f"cannot open the packed feature cache ({exc.strerror})", self.data_path,
+            self._fd: int | None = open_data_for_reading(self.data_path)
+        except (OSError, ForeignFile) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise BadInputError(f"cannot open the packed feature cache ({why})", self.data_path,
                                 "Delete the cache folder; it is rebuilt on the next run") from None
 
     @property
@@ -212,30 +228,36 @@ class PackedBagSource:
 
 
 # -- index -----------------------------------------------------------------------------------------
-def _new_data_name() -> str:
-    return f"features-{secrets.token_hex(8)}.bin"
-
-
 def _read_index(cache_dir: Path) -> tuple[str, int, dict[str, PackedEntry]]:
     """(data file name, indexed bytes, entries) of the cache; an empty state if it is missing or unreadable.
 
-    It is a cache: a corrupt or foreign index is dropped and the bags are re-read, never trusted.
+    It is a cache: a corrupt or foreign index (one naming a data file the cache did not make, a link, a file
+    outside the folder) is dropped with a warning and the bags are re-read, never trusted.
     """
+    index = cache_dir / INDEX
+    if not os.path.lexists(index):
+        return new_data_name(), 0, {}
     try:
-        raw = json.loads((cache_dir / INDEX).read_text())
+        raw = json.loads(read_index_text(index))
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
-            raise ValueError("not this cache format")
+            raise ValueError("not this cache format or version")
         name, data_bytes = str(raw["data_file"]), int(raw["data_bytes"])
         entries = {k: PackedEntry(**v) for k, v in raw["entries"].items()}
-        if Path(name).name != name:
-            raise ValueError("data file must be a plain name")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return _new_data_name(), 0, {}
-    data = cache_dir / name
-    size = data.stat().st_size if data.is_file() else 0
+        if not DATA_NAME.match(name):
+            raise ValueError(f"data file {name[:60]!r} is not a name the cache generates")
+        size = 0
+        if os.path.lexists(cache_dir / name):
+            fd = open_data_for_reading(cache_dir / name)
+            size = os.fstat(fd).st_size
+            os.close(fd)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ForeignFile) as exc:
+        warnings.warn(f"{index}: ignoring a damaged or foreign cache index ({exc}); the bags are read again",
+                      stacklevel=3)
+        return new_data_name(), 0, {}
     data_bytes = min(data_bytes, size)
     # a stale index (data file replaced or cut short) must never point past the bytes that exist
-    entries = {k: e for k, e in entries.items() if e.end <= data_bytes and e.n > 0 and e.offset >= 0}
+    entries = {k: e for k, e in entries.items()
+               if e.end <= data_bytes and e.n > 0 and e.offset >= len(HEADER)}
     return name, data_bytes, entries
 
 
@@ -253,7 +275,7 @@ def _exclusive(cache_dir: Path) -> Iterator[None]:
     except ImportError:  # Windows: one writer at a time is the user's responsibility
         yield
         return
-    with open(cache_dir / LOCK, "a") as fh:
+    with open_lock(cache_dir) as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -310,9 +332,10 @@ def _append(fh, features: np.ndarray, coords: np.ndarray | None, source: tuple[s
 
 def _compact(cache_dir: Path, name: str, entries: dict[str, PackedEntry]) -> tuple[str, int, dict]:
     """Copy the live segments into a new data file, blockwise; returns its name, size and moved entries."""
-    new_name = _new_data_name()
+    new_name = new_data_name()
     moved = {}
-    with open(cache_dir / name, "rb") as src, open(cache_dir / new_name, "wb") as dst:
+    with os.fdopen(open_data_for_reading(cache_dir / name), "rb") as src, \
+            create_data_file(cache_dir / new_name) as dst:
         for key, e in sorted(entries.items(), key=lambda kv: kv[1].offset):
             start, length = e.offset, e.nbytes
             new_offset = dst.tell()
@@ -333,14 +356,6 @@ def _compact(cache_dir: Path, name: str, entries: dict[str, PackedEntry]) -> tup
     return new_name, size, moved
 
 
-def _remove_orphans(cache_dir: Path, keep: str) -> None:
-    """Delete data files no index points at (left by a crash or replaced by a compaction)."""
-    for path in cache_dir.glob("features-*.bin"):
-        if path.name != keep:
-            with contextlib.suppress(OSError):  # still open by a reader on Windows: next time
-                path.unlink()
-
-
 def _as_bag_file(slide_id: str, f: BagFile | str | os.PathLike) -> BagFile:
     return f if isinstance(f, BagFile) else BagFile(str(slide_id), Path(f), guess_format(f))
 
@@ -355,22 +370,24 @@ def build_or_update_packed_cache(files: Mapping[str, BagFile | str | os.PathLike
     :class:`BadInputError`, as does any bag :func:`read_bag` refuses. ``float16`` halves the cache (values are
     returned as float32).
     """
-    cache_dir = Path(cache_dir)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInputError(f"cannot create the feature cache folder ({exc.strerror})", cache_dir,
-                            "Choose a writable --cache-dir") from None
     bag_files = {str(s): _as_bag_file(s, f) for s, f in files.items()}
+    cache_dir = claim_cache_folder(Path(cache_dir), {f.path.parent for f in bag_files.values()})
     dtype = "float16" if float16 else "float32"
     update = CacheUpdate()
     with _exclusive(cache_dir):
+        remove_stale_temporaries(cache_dir)  # index writes a killed process left (the lock is ours)
         name, data_bytes, entries = _read_index(cache_dir)
         entries = {k: e for k, e in entries.items() if Path(k).exists()}
         chosen: dict[str, PackedEntry] = {}
-        data_path = cache_dir / name
-        with open(data_path, "ab+") as fh:
-            fh.truncate(data_bytes)  # drop an unindexed tail a crash may have left
+        try:
+            fh = open_data_for_append(cache_dir / name)
+        except (OSError, ForeignFile) as exc:
+            warnings.warn(f"{cache_dir / name}: not a data file the cache made ({exc}); starting a new one",
+                          stacklevel=2)
+            name, data_bytes, entries = new_data_name(), 0, {}
+            fh = open_data_for_append(cache_dir / name)
+        with fh:
+            fh.truncate(max(data_bytes, len(HEADER)))  # drop an unindexed tail a crash may have left
             fh.seek(0, os.SEEK_END)
             pending = 0
             for slide_id, bag_file in bag_files.items():
@@ -393,14 +410,15 @@ def build_or_update_packed_cache(files: Mapping[str, BagFile | str | os.PathLike
             _fsync(fh)  # data first, then the index that points at it
             data_bytes = fh.tell()
         live = sum(e.nbytes for e in entries.values())
-        if data_bytes and data_bytes - live > data_bytes / 2:
+        waste = data_bytes - len(HEADER) - live
+        if waste > 0 and waste > (data_bytes - len(HEADER)) / 2:
             name, data_bytes, moved = _compact(cache_dir, name, entries)
             entries = moved
             chosen = {s: moved[e.source] for s, e in chosen.items()}
             update.compacted = True
         if update.written or update.compacted or not (cache_dir / INDEX).is_file():
             _write_index(cache_dir, name, data_bytes, entries)
-        _remove_orphans(cache_dir, name)
+        remove_own_data_files(cache_dir, name)
     source = PackedBagSource(cache_dir / name, chosen)
     source.last_update = update
     return source

@@ -17,13 +17,17 @@ from typing import Any
 
 import pandas as pd
 
-from msrl_plugin.atomic import write_csv, write_json, write_text
+from msrl_plugin.atomic import remove_stale_temporaries, restore_neutralised, write_csv, write_json, write_text
 from msrl_plugin.errors import MSRLPluginError
 
 CLAM_COLUMNS = {"survival": ["test_cindex", "val_cindex"],
                 "classification": ["test_auc", "val_auc", "test_acc", "val_acc"]}
 _RENAME = {"c_index": "cindex", "accuracy": "acc"}
 IGNORED_ON_RESUME = {"resume", "quiet", "device"}
+
+
+_FOREIGN_FIX = ("resume in the folder of that run, or move the file away to re-run this fold "
+                "(msrl-plugin never deletes results)")
 
 
 def clam_metric_name(name: str) -> str:
@@ -47,6 +51,7 @@ class ResultsFolder:
             probe = self.path / ".write_probe"
             probe.write_text("")
             probe.unlink()
+            remove_stale_temporaries(self.path)  # left by a run killed mid-write
         except OSError as exc:
             raise MSRLPluginError(f"results directory is not writable ({exc.strerror})", self.path,
                                   "pass a writable --results-dir") from exc
@@ -69,7 +74,8 @@ class ResultsFolder:
         """Record the resolved config; on resume it must match the recorded one (other settings = other run)."""
         path = self.path / "config.json"
         current = json.loads(json.dumps(config, default=str))
-        if path.is_file():
+        # a run that stopped before any fold output was written left only its config: a new run replaces it
+        if path.is_file() and self.resume and self.holds_results():
             previous = json.loads(path.read_text())
             changed = sorted(k for k in set(previous) | set(current)
                              if k not in IGNORED_ON_RESUME and previous.get(k) != current.get(k))
@@ -80,11 +86,49 @@ class ResultsFolder:
         lines = [f"{k}: {json.dumps(v, default=str)}" for k, v in sorted(config.items())]
         write_text(self.path / f"experiment_{self.path.name}.txt", "\n".join(lines) + "\n")
 
+    def check_resumable(self, folds, model_name: str, params: dict[str, Any]) -> None:
+        """On ``--resume``, every kept fold output and training state must belong to this run and cohort:
+        checked before any work, so a foreign file is one error instead of a crash at fold k."""
+        from msrl_plugin.aggregators.base import read_checkpoint
+        from msrl_plugin.registry import create_aggregator
+
+        for fold in folds:
+            state = self.training_state_path(fold)
+            if self.fold_done(fold):
+                self._check_predictions(fold)
+                ckpt = read_checkpoint(self.checkpoint_path(fold.k))
+                dim = self.cohort.feature_dim if self.cohort is not None else ckpt.get("feature_dim")
+                if ckpt.get("aggregator") != model_name or ckpt.get("feature_dim") != dim:
+                    raise MSRLPluginError(f"checkpoint of a {str(ckpt.get('aggregator'))[:40]!r} model on "
+                                          f"{ckpt.get('feature_dim')}-d features, not this run's {model_name!r} on "
+                                          f"{dim}-d features", self.checkpoint_path(fold.k), _FOREIGN_FIX)
+            else:
+                if self.predictions_path(fold.k).is_file():  # would be replaced by the re-run: must be ours
+                    self._check_predictions(fold)
+                if state.is_file():
+                    create_aggregator(model_name, **params).check_training_state(state, self.cohort)
+
+    def _check_predictions(self, fold) -> None:
+        path = self.predictions_path(fold.k)
+        try:
+            frame = pd.read_csv(path, dtype=str)
+        except Exception as exc:  # noqa: BLE001 - any parser error means "not this run's file"
+            raise MSRLPluginError(f"unreadable fold results ({type(exc).__name__})", path, _FOREIGN_FIX) from None
+        if "case_id" not in frame.columns:
+            raise MSRLPluginError("fold results without a 'case_id' column: not written by this run", path,
+                                  _FOREIGN_FIX)
+        ids = set(frame["case_id"].map(restore_neutralised))
+        if ids != set(fold.test):
+            raise MSRLPluginError(f"fold results for other cases ({len(ids & set(fold.test))} of "
+                                  f"{len(fold.test)} test cases of fold {fold.k} match): not this run's fold",
+                                  path, _FOREIGN_FIX)
+
     def fold_done(self, fold) -> bool:
         return self.checkpoint_path(fold.k).is_file() and self.predictions_path(fold.k).is_file()
 
     def load_fold(self, fold):
         frame = pd.read_csv(self.predictions_path(fold.k), index_col="case_id", dtype={"case_id": str})
+        frame.index = frame.index.map(restore_neutralised)
         metrics_file = self.path / f"split_{fold.k}_metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         return frame, metrics
@@ -98,10 +142,19 @@ class ResultsFolder:
                 if col in cases:
                     table[col] = cases[col].to_numpy()
             table.insert(0, "slide_id", [";".join(self.cohort.slides[c]) for c in table.index])
-        write_csv(self.path / f"splits_{fold.k}.csv", split_table(fold, self.cohort), index=True)
-        write_json(self.path / f"split_{fold.k}_metrics.json", {**metrics, **extra})
-        model.save(self.checkpoint_path(fold.k))
-        write_csv(self.predictions_path(fold.k), table, index=True)
+        writes = [(self.path / f"splits_{fold.k}.csv", lambda p: write_csv(p, split_table(fold, self.cohort), True)),
+                  (self.path / f"split_{fold.k}_metrics.json", lambda p: write_json(p, {**metrics, **extra})),
+                  (self.checkpoint_path(fold.k), model.save),
+                  (self.predictions_path(fold.k), lambda p: write_csv(p, table, index=True))]
+        done = []
+        try:
+            for path, write in writes:
+                write(path)
+                done.append(path)
+        except BaseException:  # disk full, Ctrl-C: no fold is left with a checkpoint but no predictions
+            for path in done:
+                path.unlink(missing_ok=True)
+            raise
 
     def write_summary(self, rows: list[dict[str, Any]], task: str) -> Path:
         frame = pd.DataFrame(rows).rename(columns=lambda c: "folds" if c == "fold" else clam_metric_name(c)

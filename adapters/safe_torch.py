@@ -21,8 +21,19 @@ _UNSAFE_FIX = ("Convert it to a plain tensor or numpy array on a machine that tr
                "(torch.save(torch.as_tensor(x), path)), or use the .h5 features instead")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """Stands in for ``bytes`` when unpickling: protocol 2 writes an empty array's raw data as ``bytes()``.
+
+    Only the no-argument call is allowed (``bytes(n)`` would allocate ``n`` bytes on a file's say-so).
+    """
+    if args:
+        raise pickle.UnpicklingError("GLOBAL builtins.bytes called with arguments")
+    return b""
+
+
 def _numpy_array_globals() -> list[Any]:
-    """The globals a pickled ndarray needs: ``_reconstruct`` (numpy 1 and 2 names), ndarray, dtype and dtype classes."""
+    """The globals a pickled ndarray needs: ``_reconstruct`` (numpy 1 and 2 names), ndarray, dtype and dtype
+    classes, and ``bytes()`` for the raw data of an empty array (TRIDENT's ``saveas='pt'`` of a 0-patch slide)."""
     core = getattr(np, "_core", None) or np.core
     reconstruct = core.multiarray._reconstruct
     # Plain numeric/bool dtypes only: object, string and void arrays could carry arbitrary pickled objects.
@@ -32,6 +43,8 @@ def _numpy_array_globals() -> list[Any]:
         (reconstruct, "numpy._core.multiarray._reconstruct"),
         np.ndarray,
         np.dtype,
+        (_empty_bytes, "__builtin__.bytes"),
+        (_empty_bytes, "builtins.bytes"),
         *sorted(dtype_classes, key=lambda c: c.__name__),
     ]
 
@@ -76,6 +89,9 @@ def _short(exc: Exception, limit: int = 160) -> str:
 def _to_numpy(value: Any, path: Path, what: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
+        if value.layout != torch.strided:
+            raise BadInputError(f"{what} tensor is sparse ({value.layout})", path,
+                                "Save a dense tensor instead: torch.save(x.to_dense(), path)")
         if value.dtype in (torch.bfloat16, torch.float16):
             value = value.float()
         try:

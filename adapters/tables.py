@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,14 +65,42 @@ def _separator(path: Path) -> str | None:
     return "," if name.endswith(".csv") else None
 
 
+def _parse(path: Path, sep: str | None, **kwargs) -> pd.DataFrame:
+    return pd.read_csv(path, sep=sep, dtype=str, engine="c" if sep else "python", **kwargs)
+
+
+def _check_header(path: Path, sep: str | None) -> None:
+    """Refuse repeated column names (pandas would silently rename the second ``censorship`` to ``censorship.1``)."""
+    names = [str(c).strip() for c in _parse(path, sep, header=None, nrows=1).iloc[0].tolist()]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen and name not in ("", "nan"):
+            raise BadInputError(f"column {name!r} appears twice in the header (columns {seen[name] + 1} and "
+                                f"{i + 1})", path, "Rename or remove one of them")
+        seen.setdefault(name, i)
+
+
+def _semicolon_separated(frame: pd.DataFrame, sep: str | None) -> bool:
+    """One column whose name holds ';': a spreadsheet's semicolon-separated "CSV" (European locales)."""
+    return sep == "," and len(frame.columns) == 1 and ";" in str(frame.columns[0])
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV/TSV (also ``.csv.zip``/``.gz``; other extensions sniffed) with every cell a ``str`` or NaN."""
+    """A CSV/TSV (also ``.csv.zip``/``.gz``; other extensions sniffed; a ``.csv`` separated by ``;`` is
+    recognised) with every cell a ``str`` or NaN. Repeated column names are refused."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError("table not found" if not path.exists() else "not a file", path, "Check the path")
     sep = _separator(path)
     try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, engine="c" if sep else "python")
+        frame = _parse(path, sep)
+        if _semicolon_separated(frame, sep):
+            sep = ";"
+            frame = _parse(path, sep)
+        if len(frame.columns):
+            _check_header(path, sep)
+    except BadInputError:
+        raise
     except pd.errors.EmptyDataError:
         raise BadInputError("the table is empty", path, _TABLE_FIX) from None
     except Exception as exc:  # noqa: BLE001 - parser, codec, zip and OS errors all mean "unreadable"
@@ -85,8 +114,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 def _require(frame: pd.DataFrame, path: Path, flags: dict[str, str]) -> None:
     missing = [c for c in flags if c not in frame.columns]
     if missing:
-        raise BadInputError(f"missing column(s) {missing}; the table has {list(frame.columns)[:30]}", path,
+        one = len(frame.columns) == 1 and any(ch in str(frame.columns[0]) for ch in ";\t|")
+        hint = " (the header was read as a single column: is the file separated by another delimiter?)" if one else ""
+        raise BadInputError(f"missing column(s) {missing}; the table has {list(frame.columns)[:30]}{hint}", path,
                             "Name the right column(s) with " + ", ".join(f"{flags[c]} NAME" for c in missing))
+
+
+def normalise_id(value: str) -> str:
+    """An id as text (leading zeros kept) in Unicode NFC: 'é' typed or pasted in either spelling is one id."""
+    return unicodedata.normalize("NFC", str(value).strip())
 
 
 def _ids(frame: pd.DataFrame, col: str, path: Path, what: str) -> list[str]:
@@ -95,7 +131,7 @@ def _ids(frame: pd.DataFrame, col: str, path: Path, what: str) -> list[str]:
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
         raise BadInputError(f"{where(i)}, column {col!r}: missing {what}", path, f"Fill in every {what}")
-    return values.tolist()
+    return [normalise_id(v) for v in values]
 
 
 def _numbers(frame: pd.DataFrame, col: str) -> np.ndarray:

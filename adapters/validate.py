@@ -49,6 +49,8 @@ def validate_folder(root: str | os.PathLike, patch_encoder: str | None = None, m
         if r.fmt == guess_format(f.path) and f.fmt != "h5":
             r.fmt = f.fmt
     rows += [inspect_bag(p) for p in index.locked]
+    rows += [BagReport(slide, path, guess_format(path), problems=[what]) for slide, (path, what) in
+             index.unusable.items()]
     rows.sort(key=lambda r: r.slide_id)
     reasons = []
     n_ok = sum(r.status == "ok" for r in rows)

@@ -12,7 +12,9 @@ from .cohort import Cohort
 
 @dataclass
 class GenomicsScaler:
-    """Per-column standardisation fitted on training cases that have genomics (never on test cases)."""
+    """Per-column standardisation fitted on training cases that have genomics (never on test cases).
+
+    Empty cells (NaN) are ignored by the fit and imputed with the training mean (0 after scaling)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -20,13 +22,14 @@ class GenomicsScaler:
     @classmethod
     def fit(cls, values: np.ndarray, available: np.ndarray) -> GenomicsScaler:
         rows = values[available]
-        if len(rows) == 0:
-            return cls(np.zeros(values.shape[1], np.float32), np.ones(values.shape[1], np.float32))
-        std = rows.std(axis=0)
-        return cls(rows.mean(axis=0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+        seen = ~np.isnan(rows).all(axis=0) if len(rows) else np.zeros(values.shape[1], bool)
+        mean, std = np.zeros(values.shape[1]), np.ones(values.shape[1])
+        if seen.any():
+            mean[seen], std[seen] = np.nanmean(rows[:, seen], axis=0), np.nanstd(rows[:, seen], axis=0)
+        return cls(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
     def transform(self, values: np.ndarray, available: np.ndarray) -> np.ndarray:
-        out = ((values - self.mean) / self.std).astype(np.float32)
+        out = np.nan_to_num((values - self.mean) / self.std, nan=0.0).astype(np.float32)
         out[~available] = 0.0
         return out
 
@@ -73,6 +76,7 @@ def load_case_data(cohort: Cohort, scaler: GenomicsScaler | None, targets: dict[
     values, available = cohort.genomics_matrix()
     if scaler is not None and values.shape[1]:
         values = scaler.transform(values, available)
+    values = np.nan_to_num(values, nan=0.0)  # unscaled: an empty cell is 0
     return CaseData(cohort.case_ids, bags, torch.from_numpy(values), torch.from_numpy(available),
                     targets or {})
 

@@ -5,7 +5,9 @@ Flags use the project's spellings; CLAM's spellings are accepted as aliases.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -87,7 +89,7 @@ def model_options(fn):
 
 def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters for ``model`` from the flags (only those the model accepts) and ``--param``."""
-    from .registry import get_aggregator_class
+    from .registry import create_aggregator, get_aggregator_class
 
     valid = set(get_aggregator_class(model)._get_param_names())
     params = {k: kwargs[k] for k in ("max_epochs", "lr", "reg", "dropout", "alpha_surv", "batch_size", "seed",
@@ -102,7 +104,11 @@ def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if key not in valid:
             raise MSRLPluginError(f"model {model!r} has no parameter {key!r}",
                                   fix=f"valid: {', '.join(sorted(valid))}")
-        params[key] = yaml.safe_load(raw)
+        try:
+            params[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            params[key] = raw  # the value check below names it
+    create_aggregator(model, **params)  # every value checked (scikit-learn style) before any work
     return params
 
 
@@ -173,8 +179,8 @@ def train(**kw):
     from .adapters.results import ResultsFolder
     from .aggregators.base import resolve_device
     from .distributed import init_from_torchrun, is_main
-    from .experiment import SELECTION_RULE, cross_validate
-    from .splits import kfold_splits
+    from .experiment import SELECTION_RULE, check_fold_inputs, cross_validate
+    from .splits import kfold_splits, select_folds
 
     init_from_torchrun()
 
@@ -182,12 +188,15 @@ def train(**kw):
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     check_model_inputs(kw["model"], cohort)
+    if not kw["split_dir"] and (not isinstance(kw["k"], int) or isinstance(kw["k"], bool) or kw["k"] < 2):
+        raise MSRLPluginError(f"--k {kw['k']!r} is not a number of folds", fix="pass --k 5 (an integer >= 2)")
     all_folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"],
                                                                                                  kw["seed"])
-    start = max(kw["k_start"], 0)
-    end = len(all_folds) if kw["k_end"] < 0 else kw["k_end"]
-    folds = all_folds[start:end]
+    folds = select_folds(all_folds, kw["k_start"], kw["k_end"])
+    check_fold_inputs(kw["model"], params, cohort, folds)
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
+    if kw["resume"]:
+        sink.check_resumable(folds, kw["model"], params)
     sink.write_config({**run_settings(kw, params, all_folds, folds), "selection_rule": SELECTION_RULE})
     quiet = click.get_current_context().find_root().obj["quiet"]
     if kw["devices"] > 1:
@@ -377,6 +386,19 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _close_progress_bars() -> None:
+    """An error line never shares a terminal line with a progress bar that the error interrupted."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every atomic write removes its temporary file before the process ends."""
+    raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
     args = sys.argv[1:] if argv is None else argv
@@ -384,20 +406,36 @@ def main(argv: list[str] | None = None) -> None:
         warnings.formatwarning = _warning_line
     shown = warnings.showwarning  # a fresh record per run (tests call main() many times)
     warnings.showwarning = WarnOnce(shown.show if isinstance(shown, WarnOnce) else shown)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str]) -> None:
     try:
         cli.main(args=args, standalone_mode=False, prog_name="msrl-plugin")
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a bad flag value: one line too, with where to look
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see: {exc.ctx.command_path} --help)"
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
         sys.exit(exc.exit_code)
     except MSRLPluginError as exc:
         if "--debug" in args:
             traceback.print_exc()
+        _close_progress_bars()
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 143:
+            click.echo("terminated", err=True)
         raise
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

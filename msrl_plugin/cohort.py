@@ -136,13 +136,16 @@ class Cohort:
         return BagArrays(feats, coords)
 
     def genomics_matrix(self, case_ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, G) float32`` genomics (zeros where missing) and ``(n,) bool`` availability mask."""
+        """``(n, G) float32`` genomics and ``(n,) bool`` availability (a row with at least one value).
+
+        Rows without genomics are zeros; empty cells of an available row stay NaN, for the scaler to impute
+        with the training mean (:class:`~msrl_plugin.batching.GenomicsScaler`)."""
         ids = self.case_ids if case_ids is None else list(case_ids)
         if self.genomics is None:
             return np.zeros((len(ids), 0), np.float32), np.zeros(len(ids), bool)
         frame = self.genomics.reindex(ids)
-        mask = frame.notna().all(axis=1).to_numpy()
-        values = np.nan_to_num(frame.to_numpy(dtype=np.float32), nan=0.0)
+        mask = frame.notna().any(axis=1).to_numpy() if frame.shape[1] else np.zeros(len(ids), bool)
+        values = frame.to_numpy(dtype=np.float32)
         values[~mask] = 0.0
         return values, mask
 

@@ -15,6 +15,7 @@ import pandas as pd
 from . import distributed
 from .aggregators.base import Aggregator
 from .cohort import Cohort
+from .errors import BadInputError
 from .registry import create_aggregator
 from .splits import Fold
 
@@ -66,6 +67,23 @@ def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any]
              "epoch_seconds": (fit_seconds - pretrain_seconds) / max(1, len(model.history_)),
              "n_train": len(fold.train), "n_test": len(fold.test)}
     return model, predictions, metrics, extra
+
+
+def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds) -> None:
+    """Every fold's genomics preconditions, before anything is written (a run must not stop at fold 2)."""
+    aggregator = create_aggregator(model, **params)
+    imputes = getattr(aggregator, "missing_genomics", "error") == "impute_mean"
+    has = dict(zip(cohort.case_ids, cohort.has_genomics.tolist()))
+    for fold in folds:
+        if aggregator.uses_genomics and not any(has[c] for c in fold.train):
+            raise BadInputError(f"model {model!r} needs genomics but no training case of fold {fold.k} has a "
+                                "genomics row", fix="check that the genomics case ids match the clinical ones "
+                                "(they are compared as text: '0012' is not '12'), or use --model abmil")
+        lacking = [c for c in fold.test if not has[c]]
+        if aggregator.genomics_at_test and not imputes and lacking:
+            raise BadInputError(f"model {model!r} reads genomics at test time; {len(lacking)} test case(s) of "
+                                f"fold {fold.k} have no genomics row (e.g. {lacking[0]!r})",
+                                fix="pass --genomics with a row for every case, or use a WSI-only model")
 
 
 def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: dict[str, Any],

@@ -156,7 +156,7 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
     anchors = AnchorGraphs(len(data), settings, model.stacks["H"].learner.k, device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history = []
-    bar = tqdm(range(settings.epochs), desc="GSL pre-training", disable=not progress, leave=False)
+    bar = tqdm(range(settings.epochs), desc="GSL pre-training", disable=None if progress else True, leave=False)
     for _ in bar:
         epoch = []
         for index in batches(train_idx[torch.randperm(len(train_idx), generator=generator)], settings.batch_size):

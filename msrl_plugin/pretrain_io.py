@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .aggregators.base import cpu_state, read_checkpoint
-from .atomic import atomic_path
+from .atomic import write_torch
 
 PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"
 
@@ -19,8 +19,7 @@ def save_pretrained(path: str | Path, model: torch.nn.Module, feature_dim: int, 
                "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))},
                "history": [{k: float(v) for k, v in h.items()} for h in history],
                "state_dict": cpu_state(model)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)
     return Path(path)
 
 

@@ -64,4 +64,8 @@ def create_aggregator(name: str, **params):
     if unknown:
         raise MSRLPluginError(f"model {name!r} has no parameter(s) {unknown}",
                               fix=f"valid parameters: {', '.join(sorted(valid))}")
-    return cls(**params)
+    from .aggregators.base import check_params
+
+    model = cls(**params)
+    check_params(model)
+    return model

@@ -115,3 +115,20 @@ def folds_from_split_tables(cohort: Cohort, tables: list[dict[str, list[str]]],
         fold.check(cohort)
         folds.append(fold)
     return folds
+
+
+def select_folds(folds: list, k_start: int, k_end: int) -> list:
+    """CLAM's ``--k_start``/``--k_end`` (end exclusive; -1 = from the first / to the last fold), checked."""
+    n = len(folds)
+    for flag, value in (("--k-start", k_start), ("--k-end", k_end)):
+        if not isinstance(value, int) or value < -1:
+            raise BadInputError(f"{flag} {value!r} is not a fold number", fix=f"pass {flag} 0..{n - 1}, or -1")
+    start = max(k_start, 0)
+    end = n if k_end < 0 else k_end
+    if start >= n:
+        raise BadInputError(f"--k-start {k_start} is past the last fold (folds 0..{n - 1})",
+                            fix=f"pass --k-start 0..{n - 1}")
+    if end > n or end <= start:
+        raise BadInputError(f"--k-end {k_end} must be after --k-start {start} and at most {n} "
+                            "(the fold it names is not run)", fix=f"pass --k-end {start + 1}..{n}, or -1")
+    return folds[start:end]

@@ -6,10 +6,12 @@ only and are read with ``torch.load(weights_only=True)``: no pickle payload is e
 """
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import re
 from collections.abc import Callable
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,11 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..atomic import atomic_path
+from ..atomic import write_torch
 from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
 from ..cohort import Cohort
 from ..errors import BadInputError, CheckpointError
@@ -47,6 +50,55 @@ def store_init_args(estimator: BaseEstimator, args: dict[str, Any]) -> None:
     """scikit-learn style ``__init__``: every keyword kept unchanged as the attribute of the same name."""
     for name in type(estimator)._get_param_names():
         setattr(estimator, name, args[name])
+
+
+def _ints(low: int) -> list:
+    return [Interval(Integral, low, None, closed="left")]
+
+
+def _reals(low: float, high: float | None = None, closed: str = "left") -> list:
+    return [Interval(Real, low, high, closed=closed)]
+
+
+# scikit-learn style constraints, by parameter name, for every aggregator that has the parameter (a subclass adds
+# its own in ``_parameter_constraints``); checked when a model is created, fitted or loaded (check_params)
+PARAMETER_CONSTRAINTS: dict[str, list] = {
+    **{name: _ints(1) for name in ("batch_size", "hidden_dim", "embed_dim", "decoder_dim",
+                                   "latent_dim", "omic_dim", "k", "learner_layers", "buffer_size",
+                                   "pretrain_batch_size", "n_blocks", "n_omic_blocks", "n_bins")},
+    **{name: [*_ints(1), None] for name in ("attn_dim", "max_patches", "buffer_candidates")},
+    # max_epochs=0 is an untrained model (a control); a negative budget is a typo
+    **{name: _ints(0) for name in ("max_epochs", "pretrain_epochs", "kl_warmup", "seed")},
+    **{name: _reals(0, closed="neither") for name in ("lr", "pretrain_lr", "temperature")},
+    **{name: _reals(0) for name in ("reg", "align_weight", "recon_weight", "kl_weight", "cosine_exponent")},
+    **{name: _reals(0, 1) for name in ("dropout", "gcn_dropout", "dropedge", "maskfeat_rate_learner",
+                                       "maskfeat_rate_anchor")},
+    **{name: _reals(0, 1, closed="both") for name in ("alpha_surv", "ema_momentum", "anchor_tau")},
+    **{name: ["boolean"] for name in ("weighted_sample", "verbose", "train_gene_encoder")},
+    "precision": [StrOptions({"fp32", "bf16"})],
+}
+#: the train flag of a hyper-parameter (others are given as --param NAME=VALUE)
+PARAMETER_FLAGS = {"max_epochs": "--max-epochs", "lr": "--lr", "reg": "--reg", "dropout": "--drop-out",
+                   "alpha_surv": "--alpha-surv", "batch_size": "--batch-size", "seed": "--seed",
+                   "precision": "--precision"}
+
+
+def check_params(estimator: BaseEstimator, path: str | Path | None = None) -> None:
+    """Raise one :class:`BadInputError` (:class:`CheckpointError` for a checkpoint at ``path``) naming the first
+    hyper-parameter outside its range, e.g. ``batch_size must be an int in the range [1, inf), got 0``."""
+    try:
+        estimator._validate_params()  # scikit-learn's checker over ``_parameter_constraints``
+    except InvalidParameterError as exc:
+        match = re.match(r"The '(\w+)' parameter of \w+ must be (.*)\. Got (.*) instead\.$", str(exc), re.S)
+        name, rule, got = match.groups() if match else ("a parameter", str(exc), "?")
+        problem = f"model {getattr(estimator, 'name', type(estimator).__name__)!r}: {name} must be {rule}, got {got}"
+        if path is not None:
+            raise CheckpointError(f"damaged checkpoint: {problem}", path, _DAMAGED_FIX) from None
+        default = inspect.signature(type(estimator)).parameters.get(name)
+        example = "" if default is None or default.default is None else default.default
+        flag = f"{PARAMETER_FLAGS[name]} {example}" if name in PARAMETER_FLAGS else f"--param {name}={example}"
+        raise BadInputError(problem, fix=f"pass e.g. {flag.strip()} (the default)" if example != "" else
+                            f"pass a valid {flag.strip()}") from None
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -94,6 +146,7 @@ class Aggregator(BaseEstimator):
     """
 
     name: ClassVar[str] = "aggregator"
+    _parameter_constraints: ClassVar[dict] = PARAMETER_CONSTRAINTS
     #: training needs genomics for (some) cases
     uses_genomics: ClassVar[bool] = False
     #: ``predict`` reads genomics too (not a WSI-only model)
@@ -120,6 +173,7 @@ class Aggregator(BaseEstimator):
 
     def _prepare_fit(self, cohort: Cohort) -> CaseData:
         """Seed, fit the task (bins/classes) and genomics scaler on these training cases, load their data."""
+        check_params(self)
         self._generator = seed_everything(self.seed)
         self.task_ = make_task(cohort.task, getattr(self, "n_bins", 4), getattr(self, "alpha_surv", 0.0))
         self.task_.fit(cohort)
@@ -167,7 +221,7 @@ class Aggregator(BaseEstimator):
         self.history_ = []
         start = self._restore_training_state(model, optimiser, extra_modules)
         show = getattr(self, "verbose", False) if progress is None else progress
-        for epoch in tqdm(range(start, self.max_epochs), desc=f"{self.name} epochs", disable=not show,
+        for epoch in tqdm(range(start, self.max_epochs), desc=f"{self.name} epochs", disable=None if show else True,
                           leave=False, initial=start, total=self.max_epochs):
             model.train()
             order = epoch_order(len(data), self._generator, self._sampling)
@@ -213,22 +267,25 @@ class Aggregator(BaseEstimator):
             return
         state = {"format": TRAINING_STATE_FORMAT, "aggregator": self.name, "epoch": epoch,
                  "params": json.dumps(self.get_params(), default=str), "model": cpu_state(model),
+                 "feature_dim": int(self.feature_dim_), "genomics_columns": list(self.genomics_columns_),
                  "optimiser": optimiser.state_dict(), "modules": {k: cpu_state(m) for k, m in extra_modules.items()},
                  "history": json.dumps(self.history_), "extra": json.dumps(self._resume_extra()),
                  "generator": self._generator.get_state(), "torch_rng": torch.get_rng_state()}
-        with atomic_path(self._training_state_path) as tmp:
-            torch.save(state, tmp)
+        write_torch(self._training_state_path, state)
 
     def _restore_training_state(self, model: nn.Module, optimiser, extra_modules) -> int:
         if not self.has_training_state():
             return 0
-        state = read_checkpoint(self._training_state_path, TRAINING_STATE_FORMAT)
-        if state["aggregator"] != self.name or json.loads(state["params"]) != json.loads(
-                json.dumps(self.get_params(), default=str)):
-            raise CheckpointError("training state was written by a run with other settings",
-                                  self._training_state_path, "resume with the same flags, or delete the file")
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
+        state = self._read_training_state(self._training_state_path)
+        if state.get("feature_dim", self.feature_dim_) != self.feature_dim_:
+            raise CheckpointError(f"training state was written for {state['feature_dim']}-d features, these are "
+                                  f"{self.feature_dim_}-d", self._training_state_path, _OTHER_STATE_FIX)
+        try:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # other features or genomics columns
+            raise CheckpointError(f"training state does not fit this model ({str(exc).splitlines()[0][:120]})",
+                                  self._training_state_path, _OTHER_STATE_FIX) from None
         for name, module in extra_modules.items():
             module.load_state_dict(state["modules"][name])
         self.history_ = json.loads(state["history"])
@@ -237,6 +294,24 @@ class Aggregator(BaseEstimator):
         self._generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         return int(state["epoch"])
+
+    def _read_training_state(self, path: Path) -> dict[str, Any]:
+        state = read_checkpoint(path, TRAINING_STATE_FORMAT)
+        if state.get("aggregator") != self.name or json.loads(state["params"]) != json.loads(
+                json.dumps(self.get_params(), default=str)):
+            raise CheckpointError("training state was written by a run with other settings", path,
+                                  _OTHER_STATE_FIX)
+        return state
+
+    def check_training_state(self, path: str | Path, cohort: Cohort) -> None:
+        """Refuse, before any work, a training state of another model, settings or features than ``cohort``'s."""
+        state = self._read_training_state(Path(path))
+        columns = [] if cohort.genomics is None else [str(c) for c in cohort.genomics.columns]
+        if state.get("feature_dim", cohort.feature_dim) != cohort.feature_dim or \
+                state.get("genomics_columns", columns) != columns:
+            raise CheckpointError(f"training state was written for {state.get('feature_dim')}-d features and "
+                                  f"{len(state.get('genomics_columns', columns))} genomic column(s), not this "
+                                  f"cohort's {cohort.feature_dim}-d and {len(columns)}", path, _OTHER_STATE_FIX)
 
     def _resume_extra(self) -> dict[str, Any]:
         """Fitted attributes outside the modules that a resumed run restores (name -> JSON-able value)."""
@@ -307,8 +382,7 @@ class Aggregator(BaseEstimator):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(self.checkpoint(), tmp)
+        write_torch(path, self.checkpoint())
         return path
 
     @classmethod
@@ -338,7 +412,12 @@ class Aggregator(BaseEstimator):
         if device is not None:
             params["device"] = device
         model = cls(**params)
+        check_params(model, path)
         model.task_ = task_from_state(json.loads(ckpt["task"]))
+        bins = getattr(model.task_, "n_bins", None)
+        if model.task_.n_outputs < 1 or ("n_bins" in params and bins is not None and bins != params["n_bins"]):
+            raise CheckpointError(f"damaged checkpoint: its task has {model.task_.n_outputs} outputs", path,
+                                  _DAMAGED_FIX)
         model.feature_dim_ = int(ckpt["feature_dim"])
         model.genomics_columns_ = list(ckpt["genomics_columns"])
         model.scaler_ = GenomicsScaler(ckpt["genomics_mean"].numpy(), ckpt["genomics_std"].numpy())
@@ -355,6 +434,7 @@ class Aggregator(BaseEstimator):
 
 
 _DAMAGED_FIX = "re-save the model with msrl-plugin train"
+_OTHER_STATE_FIX = "resume with the same flags and features, or move the file away to restart that fold"
 
 
 def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from .. import distributed
@@ -21,11 +23,11 @@ from ..nn.ema import ema_update, make_target
 from ..nn.gsl_pretrain import GSLPretrainModel
 from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
 from ..nn.graph_learner import GraphLearner
-from ..nn.msrl import MSRLNetwork
-from ..pretrain import PretrainSettings, pretrain_gsl
+from ..nn.msrl import BORROW, READOUTS, MSRLNetwork
+from ..pretrain import INTER_LEVELS, PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
-from .base import Aggregator, store_init_args
+from .base import PARAMETER_CONSTRAINTS, Aggregator, store_init_args
 
 
 @register_aggregator("msrl")
@@ -131,6 +133,14 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         Graph propagation over the buffer (dense, or sparse over the candidates).
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        **PARAMETER_CONSTRAINTS,
+        "readout": [StrOptions(set(READOUTS))], "borrow": [StrOptions(set(BORROW))],
+        "f_align": [StrOptions({"genomic", "paper"})], "pretrain_inter_level": [StrOptions(set(INTER_LEVELS))],
+        "genomic_teacher_weight": [Interval(Real, 0, None, closed="left")],
+        "distill_weight": [Interval(Real, 0, None, closed="left")],
+        "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
+    }
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
     graph = "learned"           # or a static kNN graph (ablations)
     buffer_source = "target"    # "online" for the online-buffer ablation
