@@ -64,6 +64,12 @@ def config_defaults(command: click.Command, ctx: click.Context, path: Path) -> d
         if isinstance(value, dict):
             raise MSRLPluginError(f"config key {key!r} holds a mapping, not a value", path,
                                   f"give {param.opts[0]} one value")
+        items = value if isinstance(value, list | tuple) else [value]
+        if isinstance(param.type, click.types.IntParamType) and any(
+                isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in items):
+            # click's int() would silently turn 1.5 into 1 and true into 1
+            raise MSRLPluginError(f"config key {key!r}: {value!r} is not a whole number", path,
+                                  f"give {key!r} an integer, as {param.opts[0]} takes")
         try:
             param.type_cast_value(ctx, value)
         except (click.BadParameter, TypeError, ValueError) as exc:
