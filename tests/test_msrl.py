@@ -204,3 +204,20 @@ def test_coverage_flags_cases_unlike_the_buffer(fitted, split):
     assert pred["outside_buffer_coverage"].dtype == bool
     train_coverage = fitted.neighbour_coverage(fitted._case_data(split[0]))
     assert np.mean(train_coverage < fitted.coverage_threshold_) == pytest.approx(0.05, abs=0.03)
+
+
+def test_wsi_similarity_graph_ignores_the_genomic_half(fitted, split):
+    """similarity='wsi' (default): the edges come from h alone, so the shuffled-buffer control keeps the very
+    same graph and changes only what is borrowed through it; the paper's fused similarity changes edges."""
+    from msrl_plugin.batching import collate
+
+    data = fitted._case_data(split[1])
+    batch = collate(data, torch.arange(5))
+    for model, same in ((fitted, True),
+                        (create_aggregator("msrl", **FAST, similarity="fused").fit(split[0]), False)):
+        net, shuffled = model.model_.eval(), model.with_shuffled_buffer(seed=3).model_.eval()
+        with torch.no_grad():
+            f = net.online_nodes(net.encode_wsi(batch.x, batch.mask))
+            adj = net.graph_forward(f, batch.case_ids)[1].adj
+            adj_s = shuffled.graph_forward(f, batch.case_ids)[1].adj
+        assert torch.allclose(adj, adj_s) == same

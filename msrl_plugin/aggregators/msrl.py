@@ -22,8 +22,7 @@ from ..errors import CheckpointError
 from ..nn.ema import ema_update, make_target
 from ..nn.gsl_pretrain import GSLPretrainModel
 from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
-from ..nn.graph_learner import GraphLearner
-from ..nn.msrl import BORROW, READOUTS, MSRLNetwork
+from ..nn.msrl import BORROW, READOUTS, SIMILARITIES, MSRLNetwork
 from ..pretrain import INTER_LEVELS, PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
@@ -60,6 +59,9 @@ class MSRLAggregator(AttentionMixin, Aggregator):
       phi_G(X_G) before the graph (the graph-level term alone did not move in 150 steps);
       ``pretrain_batch_size=32`` [D] for enough optimiser steps on small cohorts; ``pretrain_holdout`` cases
       score WSI -> genomics retrieval every epoch (``pretrain_history_``).
+    - ``similarity="wsi"`` [D] (paper: ``"fused"``): edges from the WSI half h only, so a case borrows the
+      real genomics of cases that look alike. Over concat(g~, h) with g~ aligned to real g, the graph links
+      cases of similar genomics and a shuffled buffer borrows the same values (the control measured nothing).
     - ``distill_weight`` [D: 0, off]: MSE of the WSI-only logits to the case's own genomic-risk logits.
     - ``train_gene_encoder`` now trains phi_G for every variant (the target branch keeps its own copy: frozen,
       or the EMA of the trained one); before, phi_G was shared and the target's eval() disabled its dropout.
@@ -101,6 +103,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         InfoNCE over the whole node features.
     genomic_teacher_weight : float
         Weight of the task loss of the genomic risk head on the training cases' real genomics.
+    similarity : {"wsi", "fused"}
+        Graph edges from the WSI half of the node features only, or from all of them (the paper).
     distill_weight : float
         Weight of the MSE of the WSI-only logits to the case's own genomic-risk logits; 0 = off.
     train_gene_encoder : bool
@@ -140,6 +144,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         "genomic_teacher_weight": [Interval(Real, 0, None, closed="left")],
         "distill_weight": [Interval(Real, 0, None, closed="left")],
         "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
+        "similarity": [StrOptions(set(SIMILARITIES))],
     }
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
     graph = "learned"           # or a static kNN graph (ablations)
@@ -152,7 +157,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  snn_activation: str = "selu", buffer_size: int = 256, ema_momentum: float = 0.99,
                  temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+case",
                  borrow: str = "genomic_risk", f_align: str = "genomic", genomic_teacher_weight: float = 1.0,
-                 distill_weight: float = 0.0,
+                 distill_weight: float = 0.0, similarity: str = "wsi",
                  train_gene_encoder: bool = False,
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 32,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
@@ -173,7 +178,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                            self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
                            getattr(self, "buffer_rows_", self.buffer_size), self.readout,
                            self.buffer_candidates, self.candidate_search, self.propagation,
-                           self.borrow if self.modality == "fused" else "none")
+                           self.borrow if self.modality == "fused" else "none", self.similarity)
 
     def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
         return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,
@@ -216,8 +221,10 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         if net.gene_encoder is not None:
             net.gene_encoder.load_state_dict(pre.gene_encoder.state_dict())
         net.gcn.load_state_dict(pre.finetune_stack.gcn.state_dict())
-        if learned_graph:
-            net.graph_learner.load_state_dict(pre.finetune_stack.learner.state_dict())
+        if learned_graph:  # a learner over the WSI half takes the trailing block of the fused learner's weights
+            start = net.graph_learner.start
+            net.graph_learner.load_state_dict({name: w[start:] for name, w in
+                                               pre.finetune_stack.learner.state_dict().items()})
 
     # -- fit -----------------------------------------------------------------------------------
     def _eligible(self, has_genomics: torch.Tensor) -> torch.Tensor:
@@ -390,16 +397,13 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         """Per case, the mean similarity (in the graph's own space) to its k most similar buffer rows, its own
         row left out: how well the buffer's real cases cover it. ``(n,)``."""
         net = self.model_.eval()
-        keys = net._candidate_keys()
-        if not isinstance(net.graph_learner, GraphLearner):
-            keys = torch.nn.functional.normalize(keys, dim=1)
+        keys = torch.nn.functional.normalize(net._candidate_keys(), dim=1)
         out = []
         for index in batches(torch.arange(len(data)), self.batch_size):
             batch = collate(data, index, self.max_patches).to(self._device())
             use_real = batch.has_genomics if self.genomics_at_test else None
             f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
-            q = (net.graph_learner.embed(f) if isinstance(net.graph_learner, GraphLearner)
-                 else torch.nn.functional.normalize(f, dim=1))
+            q = torch.nn.functional.normalize(net.similarity_embedding(f), dim=1)
             allowed = net.buffer.valid[None, :] & ~net.buffer.exclusion_mask(batch.case_ids)
             sim = (q @ keys.t()).masked_fill(~allowed, float("nan"))
             top = torch.nan_to_num(sim, nan=-2.0).topk(min(self.k, sim.shape[1]), dim=1).values

@@ -74,25 +74,28 @@ class GraphLearner(nn.Module):
         n_layers: number of weight vectors L [S: 2].
         k: neighbours kept per row besides self [D: 10; sweep 5-20].
         activation: between layers, ``"tanh"`` [S: att learner on Citeseer/Pubmed; D default] or ``"relu"``.
+        start: similarity over ``x[..., start:]`` only (``dim`` = its width) [D: 0, every feature].
 
     Shapes: ``forward(x (N, D), mask (N, N) bool | None) -> LearnedGraph(adj (N, N), similarity (N, N))``;
     a leading batch dim (B, N, D) builds B independent graphs.
     ``similarity`` is the raw dense cosine (may be negative), e.g. for the balanced BCE of method.md §5.3.
     """
 
-    def __init__(self, dim: int, n_layers: int = 2, k: int = 10, activation: str = "tanh"):
+    def __init__(self, dim: int, n_layers: int = 2, k: int = 10, activation: str = "tanh", start: int = 0):
         super().__init__()
         if activation not in ("tanh", "relu"):
             raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
         if n_layers < 1:
             raise ValueError("n_layers must be >= 1")
-        self.dim, self.k, self.activation = dim, k, activation
+        self.dim, self.k, self.activation, self.start = dim, k, activation, start
         self.weights = nn.ParameterList([nn.Parameter(torch.ones(dim)) for _ in range(n_layers)])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Row-L2-normalised learner embedding E^(L). (N, D) -> (N, D)."""
+        """Row-L2-normalised learner embedding E^(L) of the features ``x[..., start:]``. (N, start + dim) ->
+        (N, dim). ``start`` > 0 builds the graph from a trailing block of the node features only (e.g. the WSI
+        half h of concat(g, h))."""
         act = torch.tanh if self.activation == "tanh" else torch.relu
-        h = x
+        h = x[..., self.start:]
         for i, w in enumerate(self.weights):
             h = h * w
             if i < len(self.weights) - 1:
@@ -136,15 +139,16 @@ def knn_graph(
 class KNNGraph(nn.Module):
     """Parameter-free stand-in for :class:`GraphLearner` (same ``forward``), for the static-graph ablations.
 
-    Args: k [D: 10, same as the learner], metric ``"cosine"`` | ``"euclidean"`` [P: both ablations].
+    Args: k [D: 10, same as the learner], metric ``"cosine"`` | ``"euclidean"`` [P: both ablations], start: as
+    :class:`GraphLearner` (the same features as the learned graph it replaces).
     """
 
-    def __init__(self, k: int = 10, metric: str = "cosine"):
+    def __init__(self, k: int = 10, metric: str = "cosine", start: int = 0):
         super().__init__()
-        self.k, self.metric = k, metric
+        self.k, self.metric, self.start = k, metric, start
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> LearnedGraph:
-        return knn_graph(x, self.k, self.metric, mask)
+        return knn_graph(x[..., self.start:], self.k, self.metric, mask)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from .snn import SNN
 GRAPHS = ("learned", "knn_cosine", "knn_euclidean")
 READOUTS = ("node", "node+wsi", "node+case")
 BORROW = ("none", "genomic_risk")
+SIMILARITIES = ("fused", "wsi")
 CANDIDATE_SEARCH = ("torch", "faiss")
 _BLOCK = 65536  # buffer rows per retrieval block: memory O(B * block), not O(B * K)
 _EMBED_BLOCK = 8192  # buffer rows embedded at a time when the retrieval keys are (re)built
@@ -146,6 +147,11 @@ class MSRLNetwork(nn.Module):
             g_j of every buffer row; the case adds the edge-weighted mean of its buffer neighbours' r_G(g_j) to
             its logits. This is the supervised path "neighbour's real genomics -> risk" that the shuffled-buffer
             control tests (only for ``modality="fused"``).
+        similarity: what the graph's edges are computed from: all node features (``"fused"`` [P]) or the WSI
+            half h only (``"wsi"`` [D]): cases are linked by morphology and borrow their neighbours' real
+            genomics. With ``"fused"`` a case whose g~ is aligned with real g links to cases of similar
+            genomics, so permuting the buffer's g halves leaves what it borrows unchanged: the
+            shuffled-buffer control cannot see borrowing through such a graph.
         buffer_candidates: None = dense graph over [case; all K rows] (O(K^2) per case). m = each case's graph
             is built over its exact top-m buffer rows in the graph's similarity space (O(K d)); equals the
             dense path when m >= K. [D: None up to K ~ 2e3, then 64-256]
@@ -162,7 +168,8 @@ class MSRLNetwork(nn.Module):
                  learner_layers: int = 2, learner_activation: str = "tanh", gcn_dropout: float = 0.25,
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
                  readout: str = "node", buffer_candidates: int | None = None,
-                 candidate_search: str = "torch", propagation: str = "dense", borrow: str = "none"):
+                 candidate_search: str = "torch", propagation: str = "dense", borrow: str = "none",
+                 similarity: str = "fused"):
         super().__init__()
         if propagation not in ("dense", "pyg"):
             raise ValueError(f"propagation must be 'dense' or 'pyg', got {propagation!r}")
@@ -187,8 +194,11 @@ class MSRLNetwork(nn.Module):
                              if genomics_dim and modality == "fused" else None)
         self.inductor = SNN(d, (d, d), dropout, snn_activation) if modality == "fused" else None
         node_dim = 2 * d if modality == "fused" else d
-        self.graph_learner = (GraphLearner(node_dim, learner_layers, k, learner_activation)
-                              if graph == "learned" else KNNGraph(k, graph.removeprefix("knn_")))
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        start = d if similarity == "wsi" and modality == "fused" else 0
+        self.graph_learner = (GraphLearner(node_dim - start, learner_layers, k, learner_activation, start)
+                              if graph == "learned" else KNNGraph(k, graph.removeprefix("knn_"), start))
         self.gcn = GCN(node_dim, d, d, n_layers=2, dropout=gcn_dropout)
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
@@ -318,11 +328,10 @@ class MSRLNetwork(nn.Module):
         if exclusion is not None:
             allowed = allowed & ~exclusion
         keys = self._candidate_keys()
+        q = self.similarity_embedding(f)
         if isinstance(self.graph_learner, KNNGraph) and self.graph_learner.metric == "euclidean":
-            rows = blockwise_topk(f, keys, m, allowed, "euclidean")
+            rows = blockwise_topk(q, keys, m, allowed, "euclidean")
         else:
-            learned = isinstance(self.graph_learner, GraphLearner)
-            q = self.graph_learner.embed(f) if learned else F.normalize(f, p=2, dim=-1)
             rows = None
             if self.candidate_search == "faiss" and not torch.is_grad_enabled():
                 index, valid_rows = self._faiss_index(keys)
@@ -337,7 +346,7 @@ class MSRLNetwork(nn.Module):
 
     @torch.no_grad()
     def _candidate_keys(self) -> torch.Tensor:
-        """Buffer rows in the retrieval space, ``(K, F)``, L2-normalised unless the metric is Euclidean.
+        """Buffer rows in the retrieval space (:meth:`similarity_embedding`), ``(K, F')``.
 
         Recomputed only when the buffer or the learner changes: the cache key is each tensor's storage and
         in-place version counter, which optimiser steps, EMA updates, ``enqueue`` and ``load_state_dict`` all
@@ -347,17 +356,21 @@ class MSRLNetwork(nn.Module):
         if self._keys_cache is not None and self._keys_cache[0] == key:
             return self._keys_cache[1]
         buf = self.buffer.features
-        if isinstance(self.graph_learner, KNNGraph) and self.graph_learner.metric == "euclidean":
-            keys = buf
-        else:
-            self._keys_cache = None  # free the old keys before allocating the new ones
-            keys = torch.empty_like(buf)
-            embed = (self.graph_learner.embed if isinstance(self.graph_learner, GraphLearner)
-                     else lambda x: F.normalize(x, p=2, dim=1))
-            for i in range(0, len(buf), _EMBED_BLOCK):  # small blocks: temporaries stay O(block d)
-                keys[i: i + _EMBED_BLOCK] = embed(buf[i: i + _EMBED_BLOCK])
+        self._keys_cache = None  # free the old keys before allocating the new ones
+        keys = buf.new_empty(len(buf), buf.shape[1] - self.graph_learner.start)
+        for i in range(0, len(buf), _EMBED_BLOCK):  # small blocks: temporaries stay O(block d)
+            keys[i: i + _EMBED_BLOCK] = self.similarity_embedding(buf[i: i + _EMBED_BLOCK])
         self._keys_cache = (key, keys, None)
         return keys
+
+    def similarity_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Node features in the space the graph ranks neighbours in: the learner embedding (unit rows), the
+        unit-normalised features (cosine kNN) or the features (Euclidean kNN), of ``x[..., start:]``."""
+        learner = self.graph_learner
+        if isinstance(learner, GraphLearner):
+            return learner.embed(x)
+        x = x[..., learner.start:]
+        return x if learner.metric == "euclidean" else F.normalize(x, p=2, dim=-1)
 
     def _faiss_index(self, keys: torch.Tensor):
         """An exact inner-product FAISS index over the valid rows (rebuilt with the key cache)."""
