@@ -221,3 +221,20 @@ def test_wsi_similarity_graph_ignores_the_genomic_half(fitted, split):
             adj = net.graph_forward(f, batch.case_ids)[1].adj
             adj_s = shuffled.graph_forward(f, batch.case_ids)[1].adj
         assert torch.allclose(adj, adj_s) == same
+
+
+def test_checkpoints_from_before_the_new_keywords_load_as_trained(split, tmp_path):
+    """A checkpoint without borrow/similarity/... (written before they existed) loads with the old network."""
+    import json
+
+    old = dict(borrow="none", similarity="fused", f_align="paper", pretrain_inter_level="graph")
+    model = create_aggregator("msrl", **FAST, **old).fit(split[0])
+    ckpt = torch.load(model.save(tmp_path / "new.pt"), weights_only=True)
+    params = json.loads(ckpt["params"])
+    for key in (*old, "genomic_teacher_weight", "distill_weight", "pretrain_holdout"):
+        params.pop(key)
+    ckpt["params"] = json.dumps(params)
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = Aggregator.load(tmp_path / "old.pt")
+    assert (loaded.borrow, loaded.similarity) == ("none", "fused")
+    np.testing.assert_allclose(loaded.predict(split[1])["risk"], model.predict(split[1])["risk"], atol=1e-6)

@@ -5,6 +5,7 @@ Variants and ablations (method.md §6) are subclasses that change one class attr
 from __future__ import annotations
 
 import copy
+import json
 import time
 from numbers import Real
 from typing import Any, ClassVar
@@ -27,6 +28,11 @@ from ..pretrain import INTER_LEVELS, PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
 from .base import PARAMETER_CONSTRAINTS, Aggregator, store_init_args
+
+
+#: the values of the keywords added in 0.2 that reproduce the earlier network (checkpoints without them)
+LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
+                 "genomic_teacher_weight": 1.0, "distill_weight": 0.0, "pretrain_holdout": 0.0}
 
 
 @register_aggregator("msrl")
@@ -390,6 +396,12 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     def _set_extra_state(self, extra: dict[str, Any]) -> None:
         self.buffer_rows_ = int(extra["buffer_rows"])
         self.coverage_threshold_ = float(extra.get("coverage_threshold", float("nan")))
+
+    @classmethod
+    def _from_checkpoint(cls, ckpt: dict[str, Any], path, device: str | None) -> MSRLAggregator:
+        """Checkpoints written before a keyword existed load with the behaviour they were trained with."""
+        params = {**LEGACY_PARAMS, **json.loads(ckpt["params"])}
+        return super()._from_checkpoint({**ckpt, "params": json.dumps(params)}, path, device)
 
     # -- buffer coverage -------------------------------------------------------------------------
     @torch.no_grad()
