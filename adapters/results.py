@@ -1,7 +1,8 @@
 """A CLAM-style results folder: ``<results_dir>/<exp_code>_s<seed>/``.
 
 Per fold ``k``: ``s_<k>_checkpoint.pt`` (msrl-plugin checkpoint, safe to load), ``split_<k>_results.csv``
-(per-case predictions with their targets), ``splits_<k>.csv`` (the split used, CLAM's ragged form).
+(per-case predictions with their targets), ``splits_<k>.csv`` (the split used, CLAM's ragged form),
+``split_<k>_history.csv`` (mean training loss per epoch: ``stage, epoch, loss``).
 ``summary.csv`` has CLAM's columns: ``folds, test_auc, val_auc, test_acc, val_acc`` for classification,
 ``folds, test_cindex, val_cindex`` for survival (MCAT/SurvPath name it ``val_cindex``), plus extra
 metric columns. Every file is written atomically; a fold counts as done only when both its
@@ -63,6 +64,14 @@ class ResultsFolder:
     def predictions_path(self, k: int) -> Path:
         return self.path / f"split_{k}_results.csv"
 
+    def history_path(self, k: int) -> Path:
+        return self.path / f"split_{k}_history.csv"
+
+    def load_history(self, fold) -> pd.DataFrame | None:
+        """The fold's per-epoch losses, or None for a fold written before they were recorded."""
+        path = self.history_path(fold.k)
+        return pd.read_csv(path) if path.is_file() else None
+
     def write_config(self, config: dict[str, Any]) -> None:
         """Record the resolved config; on resume it must match the recorded one (other settings = other run)."""
         path = self.path / "config.json"
@@ -98,6 +107,7 @@ class ResultsFolder:
             table.insert(0, "slide_id", [";".join(self.cohort.slides[c]) for c in table.index])
         write_csv(self.path / f"splits_{fold.k}.csv", split_table(fold, self.cohort), index=True)
         write_json(self.path / f"split_{fold.k}_metrics.json", {**metrics, **extra})
+        write_csv(self.history_path(fold.k), model.training_history())
         model.save(self.checkpoint_path(fold.k))
         write_csv(self.predictions_path(fold.k), table, index=True)
 

@@ -77,3 +77,14 @@ def test_paired_table_and_mean_sd():
     assert summary.loc["abmil", "n"] == 6
     assert stats.format_mean_sd(0.71234, 0.0312) == "0.712 +- 0.031"
     assert stats.format_mean_sd(0.5, float("nan")) == "0.500"
+
+
+def test_too_few_pairs_note_matches_the_exact_wilcoxon_floor():
+    from scipy import stats as sps
+
+    from msrl_plugin.stats import min_wilcoxon_p, too_few_pairs_note
+
+    for n in (3, 5, 6):  # every difference positive: the exact test's smallest p
+        assert min_wilcoxon_p(n) == pytest.approx(sps.wilcoxon(np.arange(1.0, n + 1)).pvalue)
+    assert "2/2^5 = 0.0625" in too_few_pairs_note(5)
+    assert too_few_pairs_note(6) is None
