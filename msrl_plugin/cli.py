@@ -369,7 +369,8 @@ def validate(directory, patch_encoder):
 def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches):
     """Generate the small semi-synthetic demo cohort (TRIDENT layout) and cross-validate on it.
 
-    Every model gets the same budget; threads default to the available cores (or --threads, OMP_NUM_THREADS).
+    Every model gets the same budget. Torch threads: --threads, else OMP_NUM_THREADS, else the idle cores
+    (available cores minus the machine's load).
     """
     import dataclasses
 
@@ -383,8 +384,12 @@ def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches):
     base = DemoBudget.quick() if quick else DemoBudget()
     given = {"k": k, "max_epochs": max_epochs, "pretrain_epochs": pretrain_epochs, "max_patches": max_patches}
     budget = dataclasses.replace(base, **{key: v for key, v in given.items() if v is not None})
-    echo(f"{threads} torch thread(s)")
-    run_demo(out, [m.strip() for m in models.split(",") if m.strip()], budget, seed, log=echo,
+    def say(msg: str) -> None:  # flushed, so a redirected log shows each stage as it starts
+        echo(msg)
+        sys.stdout.flush()
+
+    say(f"{threads} torch thread(s)")
+    run_demo(out, [m.strip() for m in models.split(",") if m.strip()], budget, seed, log=say,
              progress=not root.obj.get("quiet"))
 
 
