@@ -64,8 +64,9 @@ def idle_cores() -> int:
 def demo_threads(requested: int | None) -> int:
     """``--threads`` when given, else ``OMP_NUM_THREADS`` when set, else the idle cores.
 
-    Idle, not all: torch's threads wait for each other at every operation, so on a busy machine a thread
-    per core runs several times slower than fewer threads (measured: 2 threads on 2 busy cores, ~6x).
+    Idle, not all: torch's threads wait for each other at every operation, so a thread per core on a busy
+    machine is far slower than fewer threads (on a shared 2-core machine, 2 threads ran the demo's ABMIL
+    epochs at 3-6 s each where 1 thread had taken 0.5 s).
     """
     if requested:
         return int(requested)

@@ -381,8 +381,9 @@ def write_report(result: ComparisonResult, cohort: Cohort, out_dir: str | Path,
     paired = result.paired()
     parts += ["<h2>Summary (mean +- sd over seed x fold)</h2>", _table_html(result.table()),
               f"<h2>Paired differences vs {esc(result.reference)}</h2>", f"<p>{esc(_PAIRED_NOTE)}</p>"]
-    n_pairs = int(paired["n_pairs"].min()) if len(paired) else 0
-    note = stats.too_few_pairs_note(n_pairs) if len(paired) else None
+    primary = paired[paired["metric"] == result.primary_metric]  # the other metrics' n_pairs are in the table
+    primary = primary if len(primary) else paired
+    note = stats.too_few_pairs_note(int(primary["n_pairs"].min())) if len(primary) else None
     if note:
         parts.append(f"<p class='note'>{esc(note)}</p>")
     parts.append(_table_html(paired, float_format=lambda v: f"{v:.4g}"))
