@@ -384,6 +384,7 @@ def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches):
     base = DemoBudget.quick() if quick else DemoBudget()
     given = {"k": k, "max_epochs": max_epochs, "pretrain_epochs": pretrain_epochs, "max_patches": max_patches}
     budget = dataclasses.replace(base, **{key: v for key, v in given.items() if v is not None})
+
     def say(msg: str) -> None:  # flushed, so a redirected log shows each stage as it starts
         echo(msg)
         sys.stdout.flush()
