@@ -1,7 +1,8 @@
 """A CLAM-style results folder: ``<results_dir>/<exp_code>_s<seed>/``.
 
 Per fold ``k``: ``s_<k>_checkpoint.pt`` (msrl-plugin checkpoint, safe to load), ``split_<k>_results.csv``
-(per-case predictions with their targets), ``splits_<k>.csv`` (the split used, CLAM's ragged form).
+(per-case predictions with their targets), ``splits_<k>.csv`` (the split used, CLAM's ragged form),
+``split_<k>_history.csv`` (mean training loss per epoch: ``stage, epoch, loss``).
 ``summary.csv`` has CLAM's columns: ``folds, test_auc, val_auc, test_acc, val_acc`` for classification,
 ``folds, test_cindex, val_cindex`` for survival, plus extra metric columns. The ``val_*`` columns are
 written only when the folds have a validation set (CLAM always has one; without it the columns would
@@ -69,6 +70,14 @@ class ResultsFolder:
 
     def predictions_path(self, k: int) -> Path:
         return self.path / f"split_{k}_results.csv"
+
+    def history_path(self, k: int) -> Path:
+        return self.path / f"split_{k}_history.csv"
+
+    def load_history(self, fold) -> pd.DataFrame | None:
+        """The fold's per-epoch losses, or None for a fold written before they were recorded."""
+        path = self.history_path(fold.k)
+        return pd.read_csv(path) if path.is_file() else None
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Record the resolved config; on resume it must match the recorded one (other settings = other run)."""
@@ -144,6 +153,7 @@ class ResultsFolder:
             table.insert(0, "slide_id", [";".join(self.cohort.slides[c]) for c in table.index])
         writes = [(self.path / f"splits_{fold.k}.csv", lambda p: write_csv(p, split_table(fold, self.cohort), True)),
                   (self.path / f"split_{fold.k}_metrics.json", lambda p: write_json(p, {**metrics, **extra})),
+                  (self.history_path(fold.k), lambda p: write_csv(p, model.training_history())),
                   (self.checkpoint_path(fold.k), model.save),
                   (self.predictions_path(fold.k), lambda p: write_csv(p, table, index=True))]
         done = []

@@ -369,16 +369,45 @@ def pretrain(**kw):
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("msrl_demo"), show_default=True)
 @click.option("--models", default="abmil,msrl", show_default=True, help="Comma-separated models to train.")
-@click.option("--k", type=int, default=5, show_default=True)
+@click.option("--quick", is_flag=True, help="A smoke test in under a minute: 3 folds, 3 epochs, 3 pre-training "
+                                            "epochs, 64 patches (the flags below still win).")
+@click.option("--k", type=int, default=None, help="Folds [5; --quick 3].")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True)
-@click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None)
+@click.option("--max-epochs", "--max_epochs", "max_epochs", type=int, default=None,
+              help="Training epochs of every model [20; --quick 3].")
+@click.option("--pretrain-epochs", type=int, default=None,
+              help="MSRL's GSL pre-training epochs in each fold [20; --quick 3].")
+@click.option("--max-patches", type=int, default=None,
+              help="Patches sampled per bag per training step, every model [128; --quick 64].")
 @with_config
 @with_threads
-def demo(out, models, k, seed, max_epochs):
-    """Generate the small multimodal demo cohort (TRIDENT layout) and cross-validate on it."""
-    from .demo import run_demo
+def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches):
+    """Generate the small semi-synthetic demo cohort (TRIDENT layout) and cross-validate on it.
 
-    run_demo(out, [m.strip() for m in models.split(",") if m.strip()], k, seed, max_epochs, log=echo)
+    Every model gets the same budget. Torch threads: --threads, else OMP_NUM_THREADS, else the idle cores
+    (available cores minus the machine's load).
+    """
+    import dataclasses
+
+    import torch
+
+    from .demo import DemoBudget, demo_threads, run_demo
+
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    threads = demo_threads(ctx.meta.get("threads") or root.params.get("threads"))
+    torch.set_num_threads(threads)
+    base = DemoBudget.quick() if quick else DemoBudget()
+    given = {"k": k, "max_epochs": max_epochs, "pretrain_epochs": pretrain_epochs, "max_patches": max_patches}
+    budget = dataclasses.replace(base, **{key: v for key, v in given.items() if v is not None})
+
+    def say(msg: str) -> None:  # flushed, so a redirected log shows each stage as it starts
+        echo(msg)
+        sys.stdout.flush()
+
+    say(f"{threads} torch thread(s)")
+    run_demo(out, [m.strip() for m in models.split(",") if m.strip()], budget, seed, log=say,
+             progress=not root.obj.get("quiet"))
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

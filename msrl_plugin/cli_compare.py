@@ -71,8 +71,10 @@ def held_out_folds(cohort, split_dir: Path):
 def run_compare(cohort, models: list[str], folds, seeds: list[int], params: dict[str, dict[str, Any]],
                 out: Path, reference: str = "abmil", budget: dict[str, Any] | None = None,
                 n_boot: int = 10_000, example_model: str | None = None, report: bool = True,
-                progress: bool = False, log: Callable[[str], None] = print):
-    """Compare, write the CSVs and (optionally) the HTML report; return ``(result, report path or None)``."""
+                progress: bool = False, log: Callable[[str], None] = print, time_unit: str | None = None):
+    """Compare, write the CSVs and (optionally) the HTML report; return ``(result, report path or None)``.
+
+    ``time_unit``: the unit of the survival times, for the report's axes (e.g. ``months``)."""
     from .compare import compare_models
 
     result = compare_models(cohort, models, folds, seeds, params, reference, budget, n_boot=n_boot,
@@ -81,7 +83,7 @@ def run_compare(cohort, models: list[str], folds, seeds: list[int], params: dict
     if report:
         from .report import write_report
 
-        path = write_report(result, cohort, out, example_model)
+        path = write_report(result, cohort, out, example_model, time_unit)
     return result, path
 
 
@@ -128,9 +130,12 @@ def compare(**kw):
     echo(f"{cohort}")
     folds = held_out_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kw["k"]
     quiet = click.get_current_context().find_root().obj.get("quiet")
+    from .report import time_unit_from_column
+
     result, path = run_compare(cohort, models, folds, seeds, params, kw["out"], kw["reference"],
                                {"max_epochs": kw["max_epochs"]}, kw["n_boot"], kw["example_model"],
-                               not kw["no_report"], progress=not quiet, log=echo)
+                               not kw["no_report"], progress=not quiet, log=echo,
+                               time_unit=time_unit_from_column(kw["time_col"]))
     click.echo(result.format())
     click.echo(f"results: {kw['out']}")
     if path is not None:

@@ -51,6 +51,7 @@ def model_flag(*decls: str, model_param: str, **kwargs):
 
 def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
     if value:
+        ctx.meta["threads"] = value  # commands that pick a thread count themselves (demo) read it here
         import torch
 
         torch.set_num_threads(value)

@@ -37,6 +37,7 @@ from .survival import concordance_index, fit_bin_edges
 
 DEFAULT_BUDGET: dict[str, Any] = {"max_epochs": 20}
 PRIMARY = {"survival": "c_index", "classification": "auc"}
+HISTORY_COLUMNS = ["model", "seed", "fold", "stage", "epoch", "loss"]
 #: an external model: (training cohort, test cohort, seed) -> predictions indexed by case_id
 ExternalModel = Callable[[Cohort, Cohort, int], pd.DataFrame]
 
@@ -111,7 +112,8 @@ class ComparisonResult:
 
     ``per_fold``: one row per ``model, seed, fold`` with metric columns (``c_index``, ... or ``auc``, ...)
     and ``fit_seconds``. ``predictions[(model, seed)]``: out-of-fold predictions indexed by case_id with a
-    ``fold`` column and the targets (``time``, ``censorship`` or ``label``).
+    ``fold`` column and the targets (``time``, ``censorship`` or ``label``). ``histories``: mean training
+    loss per epoch, one row per ``model, seed, fold, stage, epoch`` (``loss``), for the fitted models.
     """
 
     task: str
@@ -122,6 +124,7 @@ class ComparisonResult:
     config: dict[str, Any]
     examples: dict[str, ExampleFit] = field(default_factory=dict)
     n_boot: int = 10_000
+    histories: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_COLUMNS))
 
     @property
     def primary_metric(self) -> str:
@@ -201,11 +204,13 @@ class ComparisonResult:
         return "\n".join(lines)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``comparison.csv, paired.csv, per_fold.csv, predictions/<model>_seed<s>.csv,
-        compare_config.json`` (each atomically) and return their paths."""
+        """Write ``comparison.csv, paired.csv, per_fold.csv, training_history.csv,
+        predictions/<model>_seed<s>.csv, compare_config.json`` (each atomically) and return their paths."""
         out = Path(out_dir)
         paths = {"comparison": out / "comparison.csv", "paired": out / "paired.csv",
-                 "per_fold": out / "per_fold.csv", "config": out / "compare_config.json"}
+                 "per_fold": out / "per_fold.csv", "config": out / "compare_config.json",
+                 "history": out / "training_history.csv"}
+        write_csv(paths["history"], self.histories)
         write_csv(paths["comparison"], self.summary(), index=True)
         write_csv(paths["paired"], self.paired())
         write_csv(paths["per_fold"], self.per_fold)
@@ -239,7 +244,18 @@ def merge_results(results: list[ComparisonResult], config: dict[str, Any] | None
     models = list(dict.fromkeys(m for r in results for m in r.models))
     return ComparisonResult(first.task, models, first.reference,
                             pd.concat([r.per_fold for r in results], ignore_index=True), preds,
-                            config or first.config, dict(first.examples), first.n_boot)
+                            config or first.config, dict(first.examples), first.n_boot,
+                            history_frame([r.histories for r in results]))
+
+
+def history_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenated training histories with the :data:`HISTORY_COLUMNS` (empty when there are none)."""
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True)[HISTORY_COLUMNS] if parts else pd.DataFrame(columns=HISTORY_COLUMNS)
+
+
+def _tagged_history(history: pd.DataFrame, model: str, seed: int, fold: int) -> pd.DataFrame:
+    return history.assign(model=model, seed=seed, fold=fold)
 
 
 # -- scoring ---------------------------------------------------------------------------------------
@@ -281,10 +297,12 @@ def from_cv_results(cohort: Cohort, folds: list[Fold], results: dict[str, Any], 
     the same ``folds``, without refitting. ``fitted[model][k]`` (e.g. checkpoints loaded back) supplies the
     survival bin edges for the extra metrics and the example models of the report."""
     fitted = fitted or {}
-    rows, preds, examples = [], {}, {}
+    rows, preds, examples, histories = [], {}, {}, []
     for name, cv in results.items():
         parts = []
         for fold in folds:
+            if fold.k in getattr(cv, "histories", {}):
+                histories.append(_tagged_history(cv.histories[fold.k], name, seed, fold.k))
             train, test = cohort.subset(fold.train), cohort.subset(fold.test)
             model = fitted.get(name, {}).get(fold.k)
             pred = cv.predictions[fold.k].loc[test.case_ids]
@@ -297,7 +315,7 @@ def from_cv_results(cohort: Cohort, folds: list[Fold], results: dict[str, Any], 
         preds[(name, seed)] = pd.concat(parts)
     config = config or {"seeds": [seed], "n_folds": len(folds), "selection_rule": SELECTION_RULE}
     return ComparisonResult(cohort.task, list(results), reference, pd.DataFrame(rows), preds, config,
-                            examples, n_boot)
+                            examples, n_boot, history_frame(histories))
 
 
 # -- the comparison --------------------------------------------------------------------------------
@@ -356,7 +374,7 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
     variants = {m: variant_of(m) for m in registered if variant_of(m)}
     fitted = list(dict.fromkeys(variants[m][0] if m in variants else m for m in registered))
     resolved = resolve_params(registered, params, budget)
-    rows, preds, examples, fold_record = [], {}, {}, {}
+    rows, preds, examples, fold_record, histories = [], {}, {}, {}, []
     for seed in seeds:
         seed_folds = kfold_splits(cohort, folds, seed) if isinstance(folds, int) else list(folds)
         fold_record[seed] = [{"k": f.k, "source": f.source, "n_train": len(f.train), "test": list(f.test)}
@@ -371,6 +389,7 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
                 model.fit(train, progress=progress)
                 seconds = time.perf_counter() - start
                 outputs[name] = (model.predict(test), getattr(model.task_, "edges", None), seconds, model)
+                histories.append(_tagged_history(model.training_history(), name, seed, fold.k))
             for name, (base, transform) in variants.items():
                 variant = transform(outputs[base][3], seed)
                 outputs[name] = (variant.predict(test), outputs[base][1], 0.0, variant)
@@ -403,7 +422,8 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
     per_fold = pd.DataFrame(rows)
     predictions = {key: pd.concat(parts) for key, parts in preds.items()}
     result = ComparisonResult(cohort.task, names, reference, per_fold, predictions,
-                              json.loads(json.dumps(config, default=str)), examples, n_boot)
+                              json.loads(json.dumps(config, default=str)), examples, n_boot,
+                              history_frame(histories))
     if out_dir is not None:
         result.write(out_dir)
     return result

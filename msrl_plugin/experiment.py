@@ -36,6 +36,8 @@ class CVResult:
     model: str
     fold_metrics: pd.DataFrame
     predictions: dict[int, pd.DataFrame] = field(default_factory=dict)
+    #: per fold: mean loss per epoch (``stage, epoch, loss``; see ``Aggregator.training_history``)
+    histories: dict[int, pd.DataFrame] = field(default_factory=dict)
 
     def mean_sd(self) -> pd.DataFrame:
         numeric = self.fold_metrics.drop(columns=["fold"], errors="ignore").select_dtypes("number")
@@ -88,16 +90,20 @@ def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds) -> None
 
 def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: dict[str, Any],
                    sink: ResultsSink | None = None, progress: bool = False, log=print) -> CVResult:
-    rows, preds = [], {}
+    rows, preds, histories = [], {}, {}
     writer = sink if distributed.is_main() else None  # only rank 0 writes files
     for fold in folds:
         if sink is not None and sink.fold_done(fold):
             predictions, metrics = sink.load_fold(fold)
             log(f"fold {fold.k}: already done, kept ({_fmt(metrics)})")
             extra = {}
+            history = getattr(sink, "load_history", lambda fold: None)(fold)
+            if history is not None:
+                histories[fold.k] = history
         else:
             state = None if sink is None else sink.training_state_path(fold)
             model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state)
+            histories[fold.k] = model.training_history()
             if writer is not None:
                 writer.write_fold(fold, model, predictions, metrics, extra)
                 model.clear_training_state()
@@ -105,7 +111,7 @@ def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: d
             log(f"fold {fold.k}: {_fmt(metrics)}  ({extra['fit_seconds']:.1f}s)")
         rows.append({"fold": fold.k, **metrics, **{k: v for k, v in extra.items() if k.endswith("seconds")}})
         preds[fold.k] = predictions
-    result = CVResult(model_name, pd.DataFrame(rows), preds)
+    result = CVResult(model_name, pd.DataFrame(rows), preds, histories)
     if writer is not None:
         writer.write_summary(rows, cohort.task)
     return result

@@ -234,6 +234,30 @@ def _score_canvas(att: SlideAttention, size: tuple[int, int], max_side: int) -> 
     return np.ma.masked_invalid(grid), scale
 
 
+def draw_attention(ax, att: SlideAttention, size: tuple[int, int] | None = None, thumb: np.ndarray | None = None,
+                   cmap: str = "coolwarm", alpha: float = 0.5, max_side: int = 2048,
+                   unit: str = "level-0 pixels"):
+    """Paint ``att``'s percentiles (diverging ``cmap``, 0..1) on ``ax`` over the slide ``(width, height)``,
+    above ``thumb`` when given, with a colour bar as tall as the plot; returns the image."""
+    size = size or att.level0_size()
+    grid, _ = _score_canvas(att, size, max_side)
+    width, height = size
+    extent = (0, width, height, 0)
+    if thumb is not None:
+        ax.imshow(thumb, extent=extent, interpolation="bilinear")
+    image = ax.imshow(grid, extent=extent, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
+                      alpha=alpha if thumb is not None else 1.0)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    bar_ax = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.1)
+    ax.figure.colorbar(image, cax=bar_ax).set_label("attention (percentile within slide)")
+    return image
+
+
 def render_heatmap(att: SlideAttention, out_png: str | os.PathLike, wsi: str | os.PathLike | None = None,
                    cmap: str = "coolwarm", alpha: float = 0.5, max_side: int = 2048,
                    dpi: int = 120) -> HeatmapResult:
@@ -252,24 +276,13 @@ def render_heatmap(att: SlideAttention, out_png: str | os.PathLike, wsi: str | o
         except MSRLPluginError as exc:
             note = f"slide not drawn: {exc}"
             warnings.warn(note, stacklevel=2)
-    grid, _ = _score_canvas(att, size, max_side)
     width, height = size
     fig = Figure(figsize=(8, max(3.0, 8 * height / max(width, 1) * 0.85)), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    extent = (0, width, height, 0)
-    if thumb is not None:
-        ax.imshow(thumb, extent=extent, interpolation="bilinear")
-    image = ax.imshow(grid, extent=extent, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
-                      alpha=alpha if thumb is not None else 1.0)
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.set_xlabel("x (level-0 pixels)")
-    ax.set_ylabel("y (level-0 pixels)")
+    draw_attention(ax, att, size, thumb, cmap, alpha, max_side)
     title = f"{att.slide_id}: {att.model or 'model'} attention ({len(att.scores)} patches)"
     ax.set_title(title + ("\n(slide could not be read: patch grid only)" if note else ""), fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label("attention (percentile within slide)")
-    fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     return HeatmapResult(out_png, thumb is not None, note)

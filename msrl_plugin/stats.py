@@ -133,3 +133,19 @@ def format_mean_sd(mean: float, sd: float, digits: int = 3) -> str:
     if not np.isfinite(mean):
         return "n/a"
     return f"{mean:.{digits}f}" if not np.isfinite(sd) else f"{mean:.{digits}f} +- {sd:.{digits}f}"
+
+
+def min_wilcoxon_p(n_pairs: int) -> float:
+    """The smallest two-sided p an exact Wilcoxon signed-rank test can give with ``n_pairs`` pairs: 2 / 2^n
+    (every difference of one sign)."""
+    return 2.0 / 2.0 ** n_pairs if n_pairs > 0 else 1.0
+
+
+def too_few_pairs_note(n_pairs: int, alpha: float = 0.05) -> str | None:
+    """A warning sentence when ``n_pairs`` cannot give a Wilcoxon p below ``alpha`` (n <= 5 for 0.05)."""
+    floor = min_wilcoxon_p(n_pairs)
+    if floor < alpha:
+        return None
+    return (f"With {n_pairs} paired (seed, fold) value(s) the Wilcoxon signed-rank p cannot go below "
+            f"2/2^{n_pairs} = {floor:.3g}, so it can never reach {alpha}; add seeds or folds "
+            f"(at least {int(np.ceil(np.log2(2 / alpha) + 1e-9))} pairs) before reading p.")

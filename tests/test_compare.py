@@ -78,25 +78,67 @@ def test_files_written(compared):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_report_html_links_existing_pngs_and_every_axis_is_labelled(compared, cohort):
+def test_report_html_is_self_contained_and_every_axis_is_labelled(compared, cohort):
     result, out = compared
-    path = write_report(result, cohort, out)
+    path = write_report(result, cohort, out, time_unit="months")
     text = path.read_text()
-    links = re.findall(r"<img src='([^']+)'", text)
-    assert len(links) >= 4 and all((out / link).is_file() for link in links)
-    assert "http" not in text and "<script" not in text  # opens offline
-    figs, notes = report_figures(result, cohort)
-    assert {"metric", "kaplan_meier", "attention", "borrowing"} <= set(figs)
+    images = re.findall(r"<img src='([^']+)'", text)
+    assert len(images) >= 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "http" not in text and "<script" not in text and "href" not in text  # one file, opens offline
+    assert "{" not in text.split("</style>")[1]  # no raw dicts printed
+    assert not re.search(r"<tr>\s*(<th>\s*</th>\s*)+</tr>", text)  # no empty header rows
+    assert "cannot go below 2/2^2 = 0.5" in text  # 2 folds: a Wilcoxon p cannot reach 0.05
+    assert (out / "figures" / "kaplan_meier.png").is_file()
+    figs, notes = report_figures(result, cohort, time_unit="months")
+    assert {"metric", "kaplan_meier", "training_loss", "attention", "borrowing"} <= set(figs)
     assert not notes
     for name, fig in figs.items():
         for ax in fig.axes:
-            if not ax.get_visible():
-                continue
+            if not ax.get_visible() or (not ax.get_ylabel() and not ax.get_title() and name == "kaplan_meier"):
+                continue  # lifelines' number-at-risk table is a twin axis without labels
             if hasattr(ax, "_colorbar"):
                 assert ax.get_ylabel() or ax.get_xlabel(), f"{name}: unlabelled colorbar"
                 continue
             assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axis"
             assert ax.get_title(), f"{name}: no title"
+
+
+def test_km_figure_has_bands_censor_ticks_at_risk_table_and_time_unit(compared):
+    result, _ = compared
+    fig = km_figure(result, time_unit="months")
+    main = fig.axes[0]
+    assert main.get_xlabel() == "time (months)"
+    assert main.collections, "no confidence band"  # fill_between
+    assert any(line.get_marker() == "|" for line in main.lines), "no censoring ticks"
+    table = [ax for ax in fig.axes if ax is not main and ax.get_visible() and not ax.get_ylabel()]
+    labels = " ".join(t.get_text() for ax in table for t in ax.get_xticklabels())
+    assert "At risk" in labels and "Censored" in labels and "Events" in labels
+
+
+def test_training_histories_are_kept_and_written(compared):
+    result, out = compared
+    hist = result.histories
+    fitted = ["abmil", "msrl_random_gsl"]
+    assert set(hist["model"]) == set(fitted) and set(hist["stage"]) == {"training"}
+    assert len(hist) == len(fitted) * 2 * 2  # models x folds x max_epochs
+    assert hist["loss"].notna().all()
+    written = pd.read_csv(out / "training_history.csv")
+    assert list(written.columns) == ["model", "seed", "fold", "stage", "epoch", "loss"] and len(written) == len(hist)
+
+
+def test_attention_panel_is_drawn_like_heatmap(compared, cohort):
+    from msrl_plugin.report import attention_figure
+
+    result, _ = compared
+    ex = result.examples["abmil"]
+    fig = attention_figure(ex.model, cohort, str(ex.fold.test[0]))
+    image = fig.axes[0].images[-1]
+    assert image.get_cmap().name == "coolwarm" and image.get_clim() == (0.0, 1.0)  # percentiles, diverging
+    bar = fig.axes[1]
+    fig.canvas.draw()
+    main_box, bar_box = fig.axes[0].get_position(), bar.get_position()
+    assert abs(main_box.height - bar_box.height) < 1e-6  # the colour bar is as tall as the plot
+    assert "percentile" in bar.get_ylabel()
 
 
 def test_km_figure_survives_a_single_risk_group(compared):

@@ -89,3 +89,14 @@ def test_bootstrap_ci_equals_the_hand_written_percentile_bootstrap():
         expected = tuple(np.quantile(means, [0.025, 0.975]))
         assert stats.bootstrap_ci(values, n_boot=1000, seed=3) == pytest.approx(expected, abs=1e-12)
     assert stats.bootstrap_ci([0.4]) == (0.4, 0.4)
+
+
+def test_too_few_pairs_note_matches_the_exact_wilcoxon_floor():
+    from scipy import stats as sps
+
+    from msrl_plugin.stats import min_wilcoxon_p, too_few_pairs_note
+
+    for n in (3, 5, 6):  # every difference positive: the exact test's smallest p
+        assert min_wilcoxon_p(n) == pytest.approx(sps.wilcoxon(np.arange(1.0, n + 1)).pvalue)
+    assert "2/2^5 = 0.0625" in too_few_pairs_note(5)
+    assert too_few_pairs_note(6) is None

@@ -251,6 +251,15 @@ class Aggregator(BaseEstimator):
             self.history_.append({"train_loss": float(np.mean(losses))})
             self._save_training_state(epoch + 1, model, optimiser, extra_modules)
 
+    def training_history(self) -> pd.DataFrame:
+        """Mean loss per epoch: columns ``stage`` (``pre-training`` for MSRL's stage 1, ``training``),
+        ``epoch`` (1-based) and ``loss``; empty before ``fit`` (and for a model loaded from a checkpoint)."""
+        rows = [{"stage": "pre-training", "epoch": i, "loss": h.get("loss", np.nan)}
+                for i, h in enumerate(getattr(self, "pretrain_history_", None) or [], start=1)]
+        rows += [{"stage": "training", "epoch": i, "loss": h.get("train_loss", np.nan)}
+                 for i, h in enumerate(getattr(self, "history_", None) or [], start=1)]
+        return pd.DataFrame(rows, columns=["stage", "epoch", "loss"])
+
     # -- resume ----------------------------------------------------------------------------------
     _training_state_path: Path | None = None
 
