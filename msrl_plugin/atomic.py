@@ -100,7 +100,23 @@ def write_torch(target: str | os.PathLike, obj: Any) -> None:
     import torch
 
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:  # a signal mid-save: torch's zip writer then fails on closing the file
+            stop = _stopping_exception(exc)
+            if stop is not None:
+                raise stop from None
+            raise
+
+
+def _stopping_exception(exc: BaseException) -> BaseException | None:
+    """The SystemExit / KeyboardInterrupt an exception was raised while handling, if any."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, SystemExit | KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def write_csv(target: str | os.PathLike, frame, index: bool = False) -> None:

@@ -332,7 +332,7 @@ def test_sigterm_leaves_no_temporaries(files):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
     _no_temporaries(files.results)
 
 
@@ -522,3 +522,22 @@ def test_other_pickled_objects_in_pt_bags_stay_refused(capsys, tmp_path):
     torch.save({"features": Sized()}, folder / "s.pt")
     run = run_cli(capsys, "validate", folder)
     assert run.code == 1 and "refusing to unpickle" in run.out
+
+
+def test_a_signal_during_torch_save_ends_as_the_signal(tmp_path, monkeypatch):
+    """SIGTERM inside torch.save makes its zip writer fail on closing; the stop, not that error, propagates."""
+    import torch
+
+    from msrl_plugin.atomic import write_torch
+
+    def interrupted_save(obj, fh):
+        try:
+            raise SystemExit(143)  # what the SIGTERM handler raises mid-write
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(SystemExit) as stop:
+        write_torch(tmp_path / "state.pt", {"x": 1})
+    assert stop.value.code == 143
+    assert list(tmp_path.iterdir()) == []
