@@ -78,9 +78,11 @@ def test_training_moves_hadamard_weights_and_encoders(split):
     assert not torch.allclose(model.model_.inductor.net[0].weight, fresh.model_.inductor.net[0].weight)
 
 
-def test_gene_encoder_is_frozen_by_default(split):
-    model = create_aggregator("msrl", **FAST).fit(split[0])
-    assert not any(p.requires_grad for p in model.model_.gene_encoder.parameters())
+def test_gene_encoder_is_trained_by_default_and_frozen_on_request(split):
+    trained = create_aggregator("msrl", **FAST).fit(split[0])
+    assert all(p.requires_grad for p in trained.model_.gene_encoder.parameters())
+    frozen = create_aggregator("msrl", **FAST, train_gene_encoder=False).fit(split[0])
+    assert not any(p.requires_grad for p in frozen.model_.gene_encoder.parameters())
 
 
 def test_pretraining_loss_decreases(split):
@@ -191,7 +193,7 @@ def test_target_branch_has_its_own_gene_encoder(split, monkeypatch):
         return original(self, net, data, eligible)
 
     monkeypatch.setattr(MSRLAggregator, "_initialise_buffer", record)
-    frozen = create_aggregator("msrl", **FAST).fit(split[0])
+    frozen = create_aggregator("msrl", **FAST, train_gene_encoder=False).fit(split[0])
     trained = create_aggregator("msrl", **FAST, train_gene_encoder=True).fit(split[0])
     assert torch.equal(frozen.model_.gene_encoder.net[0].weight, start[False])
     assert not torch.allclose(trained.model_.gene_encoder.net[0].weight, start[True])

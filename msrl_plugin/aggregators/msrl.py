@@ -68,9 +68,12 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     - ``similarity="wsi"`` [D] (paper: ``"fused"``): edges from the WSI half h only, so a case borrows the
       real genomics of cases that look alike. Over concat(g~, h) with g~ aligned to real g, the graph links
       cases of similar genomics and a shuffled buffer borrows the same values (the control measured nothing).
-    - ``distill_weight`` [D: 0, off]: MSE of the WSI-only logits to the case's own genomic-risk logits.
-    - ``train_gene_encoder`` now trains phi_G for every variant (the target branch keeps its own copy: frozen,
-      or the EMA of the trained one); before, phi_G was shared and the target's eval() disabled its dropout.
+    - ``distill_weight=1`` [D] (paper: 0): MSE of the WSI-only logits to the case's own genomic-risk logits
+      r_G(phi_G(X_G)), a dense training target for every case (the output level of the layer-wise alignment).
+    - ``train_gene_encoder=True`` [D] (spec: frozen): phi_G is fine-tuned through the genomic risk head and
+      the target branch follows it by EMA (a frozen stage-1 phi_G left r_G at Spearman ~0.4 with the true
+      risk, ~0.5 trained); before, phi_G was shared with the target, whose eval() disabled its dropout, and
+      this flag did nothing for ``msrl``.
 
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
@@ -163,8 +166,8 @@ class MSRLAggregator(AttentionMixin, Aggregator):
                  snn_activation: str = "selu", buffer_size: int = 256, ema_momentum: float = 0.99,
                  temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+case",
                  borrow: str = "genomic_risk", f_align: str = "genomic", genomic_teacher_weight: float = 1.0,
-                 distill_weight: float = 0.0, similarity: str = "wsi",
-                 train_gene_encoder: bool = False,
+                 distill_weight: float = 1.0, similarity: str = "wsi",
+                 train_gene_encoder: bool = True,
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 32,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
                  anchor_tau: float = 0.999, anchor_init: str = "identity", pretrain_holdout: float = 0.15,
