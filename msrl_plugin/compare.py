@@ -85,14 +85,16 @@ def variant_of(name: str) -> tuple[str, Callable[[Aggregator, int], Aggregator]]
 
 
 def borrowing_controls(models: list[str]) -> list[str]:
-    """The shuffled-buffer control of every plain model here whose buffer holds real genomics."""
+    """The shuffled-buffer control of every plain model here whose buffer holds real genomics (unless the
+    models already name one, in either spelling)."""
+    present = {v[0] for v in map(variant_of, models) if v is not None and v[1] is shuffle_buffer_genomics}
     out = []
     for name in models:
-        if variant_of(name) or name not in list_aggregators():
+        if variant_of(name) or name in present or name not in list_aggregators():
             continue
         cls = get_aggregator_class(name)
         if getattr(cls, "modality", None) == "fused" and hasattr(cls, "with_shuffled_buffer"):
-            out.append("msrl_shuffled_buffer" if name == "msrl" else f"{name}:shuffled_buffer")
+            out.append(f"{name}:shuffled_buffer")
     return out
 
 

@@ -79,8 +79,8 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
     from .adapters.loader import load_cohort
     from .adapters.results import ResultsFolder
     from .aggregators.base import Aggregator
-    from .compare import from_cv_results
-    from .experiment import SELECTION_RULE, cross_validate
+    from .compare import borrowing_controls, from_cv_results, variant_of
+    from .experiment import SELECTION_RULE, CVResult, cross_validate
     from .report import write_report
     from .splits import kfold_splits
     from .synth import CohortConfig, generate_cohort, write_cohort
@@ -94,12 +94,12 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
     cohort = load_cohort(paths["features_dir"], paths["clinical"], "survival", paths["genomics"])
     log(f"{cohort}")
     folds = kfold_splits(cohort, budget.k, seed)
-    results, fitted, seconds = {}, {}, {}
+    results, fitted, seconds, sinks = {}, {}, {}, {}
     for step, model in enumerate(models, start=2):
         params = {**budget.params_for(model), "seed": seed}
         log(f"\n[{step}/{len(models) + 2}] {model}: {budget.k}-fold cross-validation, {budget.describe(model)}")
         # a re-run of the demo keeps the folds it already finished (settings are checked against config.json)
-        sink = ResultsFolder(out / "results", f"demo_{model}", seed, cohort, resume=True)
+        sink = sinks[model] = ResultsFolder(out / "results", f"demo_{model}", seed, cohort, resume=True)
         sink.write_config({"model": model, "model_params": params, "k": budget.k, "seed": seed})
         start = time.perf_counter()
         results[model] = cross_validate(cohort, folds, model, params, sink, progress=progress, log=log)
@@ -109,6 +109,12 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
     log(f"\n[{len(models) + 2}/{len(models) + 2}] summary")
     log(summary_text(comparison_table(results), budget, models, seconds, config.n_cases))
     if len(models) >= 2:  # paired comparison against the first model, from the same folds (nothing retrained)
+        for control in borrowing_controls(models):  # the borrowing check: each fold's model, buffer shuffled
+            base, shuffle = variant_of(control)
+            log(f"{control}: the fitted {base} of each fold with its buffer's genomics shuffled")
+            predictions = {f.k: shuffle(Aggregator.load(sinks[base].checkpoint_path(f.k)), seed)
+                           .predict(cohort.subset(f.test)) for f in folds}
+            results[control] = CVResult(control, pd.DataFrame({"fold": [f.k for f in folds]}), predictions)
         comparison = from_cv_results(cohort, folds, results, seed, reference=models[0], fitted=fitted,
                                      config={"seeds": [seed], "n_folds": budget.k,
                                              "folds": f"{budget.k}-fold (seed {seed})",

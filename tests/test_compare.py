@@ -263,3 +263,31 @@ def test_benchmark_ordering_verdicts():
     assert "oracle >= msrl_multi" not in verdicts  # methods that did not run are not judged
     at_chance = bench.check_orderings(result, rho=0.0, n_boot=500).set_index("ordering")["verdict"]
     assert at_chance["msrl ~ 0.5 at rho=0"] == "did not hold"  # 0.65 at rho = 0 would be leakage
+
+
+def test_borrowing_controls_are_added_once_in_either_spelling():
+    from msrl_plugin.compare import borrowing_controls
+
+    assert borrowing_controls(["abmil", "msrl", "msrl_multi", "msrl_h"]) == ["msrl:shuffled_buffer",
+                                                                            "msrl_multi:shuffled_buffer"]
+    assert borrowing_controls(["abmil", "msrl", "msrl_shuffled_buffer"]) == []
+    assert borrowing_controls(["abmil", "msrl", "msrl:shuffled_buffer"]) == []
+
+
+def test_borrowing_check_verdicts():
+    import pandas as pd
+
+    from msrl_plugin.compare import ComparisonResult
+
+    rows = [{"model": m, "seed": 0, "fold": k, "c_index": v}
+            for k in range(8) for m, v in (("abmil", 0.6), ("msrl", 0.65 + 0.001 * k),
+                                           ("msrl:shuffled_buffer", 0.6 + 0.002 * (k % 3)))]
+    result = ComparisonResult("survival", ["abmil", "msrl", "msrl:shuffled_buffer"], "abmil", pd.DataFrame(rows),
+                              {}, {}, n_boot=500)
+    check = result.borrowing().iloc[0]
+    assert (check["model"], check["control"], check["n_pairs"]) == ("msrl", "msrl:shuffled_buffer", 8)
+    assert check["ci_low"] > 0 and check["verdict"] == "evidence of borrowing"
+    assert "borrowing check: msrl - msrl:shuffled_buffer" in result.format()
+    tied = pd.DataFrame([{**r, "c_index": 0.6 + 0.01 * ((r["fold"] + (r["model"] == "msrl")) % 2)} for r in rows])
+    result.per_fold = tied
+    assert result.borrowing().iloc[0]["verdict"].startswith("no evidence of borrowing")

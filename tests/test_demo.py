@@ -39,6 +39,7 @@ def test_demo_runs_with_progress_and_a_self_describing_table(tmp_path):
     assert "Held-out Harrell's c-index per fold" in text and "semi-synthetic" in text
     assert "1 epochs, <= 16 patches/bag per step, + 1 GSL pre-training epochs per fold" in text
     assert "cannot go below 2/2^2" in text  # 2 folds: the paired test cannot reach 0.05
+    assert "borrowing check: msrl - msrl:shuffled_buffer" in text  # MSRL is always shown with its control
     for model in ("abmil", "msrl"):
         folder = tmp_path / "results" / f"demo_{model}_s0"
         assert pd.read_csv(folder / "split_0_history.csv")["stage"].iloc[-1] == "training"
