@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<34} spearman(eta) {spearmanr(risk, true).correlation:+.3f}   c-index {c:.3f}")
 
     abmil = create_aggregator("abmil", seed=args.seed, **BUDGET).fit(train)
-    msrl = create_aggregator("msrl", seed=args.seed, **BUDGET, **params).fit(train)
+    msrl = create_aggregator("msrl", seed=args.seed, **{**BUDGET, **params}).fit(train)
     print(f"seed {args.seed}, fold {args.fold}: {len(train)} train / {len(test)} test cases; "
           f"WSI-only oracle spearman {spearmanr(synth.truth.eta_wsi.loc[test.case_ids], true).correlation:.3f}")
     report("ABMIL", abmil.predict(test)["risk"].to_numpy())

@@ -238,14 +238,39 @@ def test_from_cv_results_rescores_finished_cross_validation(cohort):
         assert result.per_fold["ibs"].notna().all()
 
 
-def test_benchmark_ordering_verdicts():
+def _benchmark_module(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "method_benchmark.py"
-    spec = importlib.util.spec_from_file_location("method_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_truth_correlation_is_added_per_fold():
+    from scipy.stats import spearmanr
+
+    bench = _benchmark_module("method_benchmark")
+    eta = pd.Series(np.arange(8.0), index=[f"c{i}" for i in range(8)])
+    pred = pd.DataFrame({"risk": [0, 1, 3, 2, 4, 5, 7, 6], "fold": [0] * 4 + [1] * 4}, index=eta.index)
+    per_fold = pd.DataFrame({"model": ["m", "m"], "seed": [0, 0], "fold": [0, 1], "c_index": [0.6, 0.7]})
+    result = ComparisonResult("survival", ["m"], "m", per_fold, {("m", 0): pred}, {})
+    bench.add_truth_correlation(result, eta)
+    expected = spearmanr([0, 1, 3, 2], [0, 1, 2, 3]).correlation
+    np.testing.assert_allclose(result.per_fold["spearman_eta"], [expected, expected])
+
+
+def test_msrl_diagnostics_script_runs(capsys):
+    diagnostics = _benchmark_module("msrl_diagnostics")
+    assert diagnostics.main(["--cases", "60", "--param", "pretrain_epochs=1", "--param", "max_epochs=1"]) == 0
+    out = capsys.readouterr().out
+    for line in ("ABMIL", "its borrowed genomic risk", "ideal read-out", "recall@5", "shuffled-buffer"):
+        assert line in out
+
+
+def test_benchmark_ordering_verdicts():
+    bench = _benchmark_module("method_benchmark")
     rng = np.random.default_rng(0)
     rows = []
     for seed in range(4):
