@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from msrl_plugin.cli import cli, main
-from msrl_plugin.cli_options import WarnOnce, model_default, model_defaults_text
 from msrl_plugin.cli_config import config_keys
+from msrl_plugin.cli_options import WarnOnce, model_default, model_defaults_text
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
 
@@ -174,7 +174,7 @@ def test_single_fold_prints_no_nan(cohort, tmp_path, capsys):
 def test_repeated_warnings_are_shown_once(capsys):
     shown = []
     once = WarnOnce(lambda message, *rest: shown.append(str(message)))
-    for fold in range(3):
+    for _fold in range(3):
         with warnings.catch_warnings():  # resets Python's own once-registry each time
             warnings.simplefilter("default")
             warnings.showwarning = once

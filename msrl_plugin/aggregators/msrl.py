@@ -4,13 +4,11 @@ Variants and ablations (method.md §6) are subclasses that change one class attr
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from numbers import Real
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -28,7 +26,7 @@ from ..pretrain import INTER_LEVELS, PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
 from .base import PARAMETER_CONSTRAINTS, Aggregator, store_init_args
-
+from .msrl_coverage import BufferCoverageMixin
 
 #: the values of the keywords added in 0.2 that reproduce the earlier network (checkpoints without them)
 LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
@@ -36,7 +34,7 @@ LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "p
 
 
 @register_aggregator("msrl")
-class MSRLAggregator(AttentionMixin, Aggregator):
+class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
     """MSRL: train with WSI + genomics, infer from the WSI by borrowing from a buffer of real cases.
 
     Stage 1 (``pretrain_epochs`` > 0, on the training cases only, or ``pretrained`` = a checkpoint from
@@ -117,7 +115,7 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     distill_weight : float
         Weight of the MSE of the WSI-only logits to the case's own genomic-risk logits; 0 = off.
     train_gene_encoder : bool
-        Also fine-tune the genomic encoder (else it stays as pre-trained).
+        Fine-tune the genomic encoder (the target branch follows it by EMA), or keep it as pre-trained.
     pretrain_epochs : int
         Epochs of stage-1 graph-structure pre-training per fit; 0 = none.
     pretrain_lr : float
@@ -406,39 +404,6 @@ class MSRLAggregator(AttentionMixin, Aggregator):
         params = {**LEGACY_PARAMS, **json.loads(ckpt["params"])}
         return super()._from_checkpoint({**ckpt, "params": json.dumps(params)}, path, device)
 
-    # -- buffer coverage -------------------------------------------------------------------------
-    @torch.no_grad()
-    def neighbour_coverage(self, data: CaseData) -> np.ndarray:
-        """Per case, the mean similarity (in the graph's own space) to its k most similar buffer rows, its own
-        row left out: how well the buffer's real cases cover it. ``(n,)``."""
-        net = self.model_.eval()
-        keys = torch.nn.functional.normalize(net._candidate_keys(), dim=1)
-        out = []
-        for index in batches(torch.arange(len(data)), self.batch_size):
-            batch = collate(data, index, self.max_patches).to(self._device())
-            use_real = batch.has_genomics if self.genomics_at_test else None
-            f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
-            q = torch.nn.functional.normalize(net.similarity_embedding(f), dim=1)
-            allowed = net.buffer.valid[None, :] & ~net.buffer.exclusion_mask(batch.case_ids)
-            sim = (q @ keys.t()).masked_fill(~allowed, float("nan"))
-            top = torch.nan_to_num(sim, nan=-2.0).topk(min(self.k, sim.shape[1]), dim=1).values
-            out.append(torch.where(top > -2.0, top, torch.nan).nanmean(dim=1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
-
-    def _fit_coverage(self, data: CaseData) -> None:
-        """The flag threshold: the 5th percentile of the training cases' own coverage [D]."""
-        self.coverage_threshold_ = float(np.nanpercentile(self.neighbour_coverage(data), 5))
-
-    def predict(self, cohort: Cohort) -> pd.DataFrame:
-        """As :meth:`Aggregator.predict`, plus ``neighbour_coverage`` and ``outside_buffer_coverage`` (True when
-        a case is less covered by the buffer's real cases than 95% of the training cases were: its borrowed
-        genomics are less trustworthy, the paper's stated limitation)."""
-        frame = super().predict(cohort)
-        coverage = self.neighbour_coverage(self._case_data(cohort))
-        frame["neighbour_coverage"] = coverage
-        frame["outside_buffer_coverage"] = coverage < getattr(self, "coverage_threshold_", float("nan"))
-        return frame
-
     def with_shuffled_buffer(self, seed: int = 0) -> MSRLAggregator:
         """A copy whose buffer genomics (the g half of each valid row) are deranged across cases.
 
@@ -453,49 +418,3 @@ class MSRLAggregator(AttentionMixin, Aggregator):
     def buffer_case_ids(self) -> list[str]:
         _, ids, valid = self.model_.buffer.snapshot()
         return [i for i, v in zip(ids, valid.tolist()) if v]
-
-
-@register_aggregator("msrl_h")
-class MSRLHAggregator(MSRLAggregator):
-    """MSRL_H: pure WSI (no genomics anywhere); nodes = h, buffer of training-case h [P variant]."""
-
-    modality = "wsi"
-    uses_genomics = False
-
-
-@register_aggregator("msrl_multi")
-class MSRLMultiAggregator(MSRLAggregator):
-    """MSRL_multi: real genomics for the current case when available, at training and test [P variant]."""
-
-    genomics_at_test = True
-
-
-@register_aggregator("msrl_knn_euclidean")
-class MSRLKNNEuclidean(MSRLAggregator):
-    """Ablation: static Euclidean kNN graph instead of the learned graph (same k and normalisation) [P]."""
-
-    graph = "knn_euclidean"
-
-
-@register_aggregator("msrl_knn_cosine")
-class MSRLKNNCosine(MSRLAggregator):
-    """Ablation: static cosine kNN graph instead of the learned graph (same k and normalisation) [P]."""
-
-    graph = "knn_cosine"
-
-
-@register_aggregator("msrl_random_gsl")
-class MSRLRandomGSL(MSRLAggregator):
-    """Ablation: no GSL pre-training; learner at w = 1, encoders and GCN at random init [P]."""
-
-    use_pretraining = False
-
-
-@register_aggregator("msrl_online_buffer")
-class MSRLOnlineBuffer(MSRLAggregator):
-    """Ablation: the buffer is fed by online features (the inductor's placeholder genomics) [P]."""
-
-    buffer_source = "online"
-
-
-
