@@ -70,6 +70,10 @@ def _plot_history(frame, path: Path) -> None:
         right.plot(frame["epoch"], frame["chance"], "--", label="chance")
         right.legend(fontsize=8)
     right.set(xlabel="epoch", ylabel="WSI -> genomics recall", title="cross-modal retrieval")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
