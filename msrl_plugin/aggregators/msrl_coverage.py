@@ -20,7 +20,7 @@ class BufferCoverageMixin:
         keys = torch.nn.functional.normalize(net._candidate_keys(), dim=1)
         out = []
         for index in batches(torch.arange(len(data)), self.batch_size):
-            batch = collate(data, index, self.max_patches).to(self._device())
+            batch = collate(data, index).to(self._device())  # whole bags, as predict reads them
             use_real = batch.has_genomics if self.genomics_at_test else None
             f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
             q = torch.nn.functional.normalize(net.similarity_embedding(f), dim=1)
