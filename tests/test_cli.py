@@ -7,8 +7,8 @@ import time
 
 import pandas as pd
 import pytest
+from _cli import run
 
-from msrl_plugin.cli import main
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
 
@@ -18,14 +18,6 @@ def demo_dir(tmp_path_factory):
     paths = write_cohort(generate_cohort(CohortConfig.test_tier(n_cases=40, bag_min=16, bag_max=32), 0), out)
     return paths
 
-
-def run(args, capsys=None):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code
 
 
 def cohort_args(paths):

@@ -5,8 +5,9 @@ import warnings
 import click
 import pandas as pd
 import pytest
+from _cli import run
 
-from msrl_plugin.cli import cli, main
+from msrl_plugin.cli import cli
 from msrl_plugin.cli_config import config_keys
 from msrl_plugin.cli_options import WarnOnce, model_default, model_defaults_text
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
@@ -17,13 +18,6 @@ def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort")
     return write_cohort(generate_cohort(CohortConfig.test_tier(n_cases=40, bag_min=16, bag_max=32), 0), out)
 
-
-def run(args):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
 
 
 def one_error_line(capsys) -> str:

@@ -28,7 +28,19 @@ from .multimodal import check_choice
 
 
 class GeneratedGenomicsAggregator(AttentionMixin, Aggregator):
-    """Shared fit loop; ``_training_loss`` logs its terms per step, averaged per epoch into ``history_``."""
+    """Shared fit loop; ``_training_loss`` logs its terms per step, averaged per epoch into ``history_``.
+
+    Parameters
+    ----------
+    fusion : {"concat", "bilinear"}
+        How the WSI and genomic embeddings are fused (PORPOISE).
+    omic_dim : int
+        Width of the genomic SNN blocks.
+    n_omic_blocks : int
+        Blocks of the genomic SNN.
+    snn_activation : str
+        Activation of the genomic SNN.
+    """
 
     uses_genomics = True
     genomics_at_test = False
@@ -102,14 +114,6 @@ class ReconFusionAggregator(GeneratedGenomicsAggregator):
 
     Parameters
     ----------
-    fusion : {"concat", "bilinear"}
-        How the WSI and genomic embeddings are fused (PORPOISE).
-    omic_dim : int
-        Width of the genomic SNN blocks.
-    n_omic_blocks : int
-        Blocks of the genomic SNN.
-    snn_activation : str
-        Activation of the genomic SNN.
     decoder_dim : int
         Hidden width of the genomics decoder.
     recon_weight : float
@@ -157,14 +161,6 @@ class CVAEFusionAggregator(GeneratedGenomicsAggregator):
 
     Parameters
     ----------
-    fusion : {"concat", "bilinear"}
-        How the WSI and genomic embeddings are fused (PORPOISE).
-    omic_dim : int
-        Width of the genomic SNN blocks.
-    n_omic_blocks : int
-        Blocks of the genomic SNN.
-    snn_activation : str
-        Activation of the genomic SNN.
     latent_dim : int
         Width of the VAE latent z.
     decoder_dim : int
