@@ -85,6 +85,41 @@ def test_gene_encoder_is_trained_by_default_and_frozen_on_request(split):
     assert not any(p.requires_grad for p in frozen.model_.gene_encoder.parameters())
 
 
+def test_genomic_teacher_prefit_learns_and_stays_fixed_when_frozen(split):
+    model = create_aggregator("msrl", **FAST, genomic_teacher_steps=60, train_gene_encoder=False)
+    model.fit(split[0])
+    losses = model.teacher_history_
+    assert len(losses) == 60 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    net = model.model_
+    assert not any(p.requires_grad for p in [*net.gene_encoder.parameters(), *net.genomic_head.parameters()])
+    # frozen through fine-tuning: refitting from the same pre-fit with more epochs leaves r_G as it was
+    longer = create_aggregator("msrl", **{**FAST, "max_epochs": 4}, genomic_teacher_steps=60,
+                               train_gene_encoder=False).fit(split[0])
+    assert torch.equal(net.genomic_head.weight, longer.model_.genomic_head.weight)
+
+
+def test_pretrain_transfer_keeps_named_encoders_at_random_init(split, monkeypatch):
+    from msrl_plugin.aggregators.msrl import MSRLAggregator
+
+    seen = {}
+    original = MSRLAggregator._transfer
+
+    def spy(self, pre, net, learned_graph):
+        original(self, pre, net, learned_graph)
+        seen[self.pretrain_transfer] = {
+            "wsi": torch.equal(net.wsi_encoder.fc[1].weight, pre.wsi_encoder.fc[1].weight),
+            "gene": torch.equal(net.gene_encoder.net[0].weight, pre.gene_encoder.net[0].weight),
+            "gcn": all(torch.equal(a, b) for a, b in zip(net.gcn.state_dict().values(),
+                                                          pre.finetune_stack.gcn.state_dict().values()))}
+
+    monkeypatch.setattr(MSRLAggregator, "_transfer", spy)
+    for transfer in ("all", "wsi+graph", "graph"):
+        create_aggregator("msrl", **{**FAST, "max_epochs": 0}, pretrain_transfer=transfer).fit(split[0])
+    assert seen["all"] == {"wsi": True, "gene": True, "gcn": True}
+    assert seen["wsi+graph"] == {"wsi": True, "gene": False, "gcn": True}
+    assert seen["graph"] == {"wsi": False, "gene": False, "gcn": True}
+
+
 def test_pretraining_loss_decreases(split):
     model = create_aggregator("msrl", **{**FAST, "pretrain_epochs": 25, "pretrain_lr": 3e-3})
     data = model._prepare_fit(split[0])

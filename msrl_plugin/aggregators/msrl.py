@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
-import pandas as pd
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
@@ -27,6 +26,9 @@ from ..registry import register_aggregator
 from .abmil import AttentionMixin
 from .base import PARAMETER_CONSTRAINTS, Aggregator, store_init_args
 from .msrl_coverage import BufferCoverageMixin
+
+#: what fine-tuning may inherit from stage 1 (``pretrain_transfer``)
+PRETRAIN_TRANSFERS = ("all", "graph", "wsi+graph")
 
 #: the values of the keywords added in 0.2 that reproduce the earlier network (checkpoints without them)
 LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
@@ -110,6 +112,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         InfoNCE over the whole node features.
     genomic_teacher_weight : float
         Weight of the task loss of the genomic risk head on the training cases' real genomics.
+    genomic_teacher_steps : int
+        Before fine-tuning, fit phi_G and r_G on the training cases' real genomics alone for this many Adam
+        steps; with ``train_gene_encoder=False`` both then stay fixed. 0 = off.
     similarity : {"wsi", "fused"}
         Graph edges from the WSI half of the node features only, or from all of them (the paper).
     distill_weight : float
@@ -134,6 +139,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         Share of the cases with genomics held out of pre-training to score WSI -> genomics retrieval.
     pretrain_inter_level : {"node+graph", "graph"}
         Where pre-training aligns the modalities: the encoders' outputs and the graph outputs, or the latter.
+    pretrain_transfer : {"all", "graph", "wsi+graph"}
+        What fine-tuning inherits from stage 1: the encoders, the graph learner and the GCN (the paper), only
+        the graph learner and the GCN, or those and the WSI encoder (phi_G starts at random).
     pretrained : str or None
         A stage-1 checkpoint from ``msrl-plugin pretrain`` to start from instead of pre-training.
     buffer_candidates : int or None
@@ -150,8 +158,10 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         "f_align": [StrOptions({"genomic", "paper"})], "pretrain_inter_level": [StrOptions(set(INTER_LEVELS))],
         "genomic_teacher_weight": [Interval(Real, 0, None, closed="left")],
         "distill_weight": [Interval(Real, 0, None, closed="left")],
+        "genomic_teacher_steps": [Interval(Integral, 0, None, closed="left")],
         "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
         "similarity": [StrOptions(set(SIMILARITIES))],
+        "pretrain_transfer": [StrOptions(set(PRETRAIN_TRANSFERS))],
     }
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
     graph = "learned"           # or a static kNN graph (ablations)
@@ -164,12 +174,12 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                  snn_activation: str = "selu", buffer_size: int = 256, ema_momentum: float = 0.99,
                  temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+case",
                  borrow: str = "genomic_risk", f_align: str = "genomic", genomic_teacher_weight: float = 1.0,
-                 distill_weight: float = 1.0, similarity: str = "wsi",
+                 distill_weight: float = 1.0, similarity: str = "wsi", genomic_teacher_steps: int = 0,
                  train_gene_encoder: bool = True,
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 32,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
                  anchor_tau: float = 0.999, anchor_init: str = "identity", pretrain_holdout: float = 0.15,
-                 pretrain_inter_level: str = "node+graph",
+                 pretrain_inter_level: str = "node+graph", pretrain_transfer: str = "all",
                  pretrained: str | None = None,
                  max_epochs: int = 30, lr: float = 1e-3, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
@@ -221,11 +231,12 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         self.pretrain_history_ = []
         return model
 
-    @staticmethod
-    def _transfer(pre: GSLPretrainModel, net: MSRLNetwork, learned_graph: bool) -> None:
-        """Initialise the online modules from stage 1 (the inductor and head start at random) [P]."""
-        net.wsi_encoder.load_state_dict(pre.wsi_encoder.state_dict())
-        if net.gene_encoder is not None:
+    def _transfer(self, pre: GSLPretrainModel, net: MSRLNetwork, learned_graph: bool) -> None:
+        """Initialise the online modules from stage 1 (the inductor and head start at random) [P];
+        ``pretrain_transfer`` keeps the encoders it names out at their random initialisation."""
+        if self.pretrain_transfer in ("all", "wsi+graph"):
+            net.wsi_encoder.load_state_dict(pre.wsi_encoder.state_dict())
+        if net.gene_encoder is not None and self.pretrain_transfer == "all":
             net.gene_encoder.load_state_dict(pre.gene_encoder.state_dict())
         net.gcn.load_state_dict(pre.finetune_stack.gcn.state_dict())
         if learned_graph:  # a learner over the WSI half takes the trailing block of the fused learner's weights
@@ -253,7 +264,11 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         else:
             self.pretrain_history_ = []
         if net.gene_encoder is not None:
+            if net.genomic_head is not None and self.genomic_teacher_steps > 0 and not resuming:
+                self._prefit_teacher(net, data)
             net.gene_encoder.requires_grad_(self.train_gene_encoder)
+            if net.genomic_head is not None and self.genomic_teacher_steps > 0:
+                net.genomic_head.requires_grad_(self.train_gene_encoder)
         if not resuming:
             self._initialise_buffer(net, data, eligible)
         target = make_target(net)  # its own phi_G copy: frozen [D], or the EMA of a trained online phi_G
@@ -266,6 +281,16 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                     extra_modules={"target": target})
         self._fit_coverage(data)
         return self
+
+    def _prefit_teacher(self, net: MSRLNetwork, data: CaseData) -> None:
+        from ..nn.genomic_teacher import prefit_genomic_teacher
+
+        rows = data.has_genomics.nonzero().squeeze(1)
+        device = self._device()
+        self.teacher_history_ = prefit_genomic_teacher(
+            net.gene_encoder, net.genomic_head, data.genomics[rows].to(device),
+            {k: v[rows].to(device) for k, v in data.targets.items()}, self.task_.loss,
+            self.genomic_teacher_steps, self._generator)
 
     @torch.no_grad()
     def _initialise_buffer(self, net: MSRLNetwork, data: CaseData, eligible: torch.Tensor) -> None:
@@ -365,26 +390,6 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         # the case ids make a case that sits in the buffer skip its own row
         return model(batch.x, batch.mask, batch.genomics, use_real, batch.case_ids)
 
-    @torch.no_grad()
-    def buffer_neighbours(self, cohort: Cohort, top: int = 5) -> pd.DataFrame:
-        """Per case, the buffer (training) cases it borrowed from: ids and edge weights, strongest first."""
-        data = self._case_data(cohort)
-        net = self.model_.eval()
-        _, buffer_ids, _ = net.buffer.snapshot()
-        rows = []
-        for index in batches(torch.arange(len(data)), self.batch_size):
-            batch = collate(data, index).to(self._device())
-            ids = batch.case_ids
-            use_real = batch.has_genomics if self.genomics_at_test else None
-            f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
-            _, graph, _ = net.graph_forward(f, ids)
-            weights = net.neighbour_weights(graph).cpu()
-            for case_id, row in zip(ids, weights):
-                order = torch.argsort(row, descending=True)[:top]
-                rows += [{"case_id": case_id, "rank": r, "neighbour_case_id": buffer_ids[j],
-                          "edge_weight": float(row[j])} for r, j in enumerate(order.tolist()) if row[j] > 0]
-        return pd.DataFrame(rows, columns=["case_id", "rank", "neighbour_case_id", "edge_weight"])
-
     def _attention_pool(self) -> nn.Module:
         return self.model_.wsi_encoder
 
@@ -403,18 +408,3 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         """Checkpoints written before a keyword existed load with the behaviour they were trained with."""
         params = {**LEGACY_PARAMS, **json.loads(ckpt["params"])}
         return super()._from_checkpoint({**ckpt, "params": json.dumps(params)}, path, device)
-
-    def with_shuffled_buffer(self, seed: int = 0) -> MSRLAggregator:
-        """A copy whose buffer genomics (the g half of each valid row) are deranged across cases.
-
-        The benchmark's control: if MSRL's gain comes from borrowing *real, case-matched* genomics, this copy
-        must fall back to ABMIL level (:func:`msrl_plugin.compare.shuffle_buffer_genomics`).
-        """
-        from ..compare import shuffle_buffer_genomics
-
-        self._check_fitted()
-        return shuffle_buffer_genomics(self, seed)
-
-    def buffer_case_ids(self) -> list[str]:
-        _, ids, valid = self.model_.buffer.snapshot()
-        return [i for i, v in zip(ids, valid.tolist()) if v]

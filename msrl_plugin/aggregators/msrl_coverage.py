@@ -1,4 +1,5 @@
-"""How well the buffer's real training cases cover a case: MSRL's ``neighbour_coverage`` in ``predict``."""
+"""MSRL's buffer seen from outside: how well its real training cases cover a case (``neighbour_coverage`` in
+``predict``), which of them a case borrowed from, and the shuffled-buffer control."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from ..cohort import Cohort
 
 
 class BufferCoverageMixin:
-    """For :class:`~msrl_plugin.aggregators.msrl.MSRLAggregator`: coverage scores and the flag threshold."""
+    """For :class:`~msrl_plugin.aggregators.msrl.MSRLAggregator`: coverage, neighbours, the shuffled control."""
 
     @torch.no_grad()
     def neighbour_coverage(self, data: CaseData) -> np.ndarray:
@@ -43,3 +44,38 @@ class BufferCoverageMixin:
         frame["neighbour_coverage"] = coverage
         frame["outside_buffer_coverage"] = coverage < getattr(self, "coverage_threshold_", float("nan"))
         return frame
+
+    @torch.no_grad()
+    def buffer_neighbours(self, cohort: Cohort, top: int = 5) -> pd.DataFrame:
+        """Per case, the buffer (training) cases it borrowed from: ids and edge weights, strongest first."""
+        data = self._case_data(cohort)
+        net = self.model_.eval()
+        _, buffer_ids, _ = net.buffer.snapshot()
+        rows = []
+        for index in batches(torch.arange(len(data)), self.batch_size):
+            batch = collate(data, index).to(self._device())
+            ids = batch.case_ids
+            use_real = batch.has_genomics if self.genomics_at_test else None
+            f = net.online_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics, use_real)
+            _, graph, _ = net.graph_forward(f, ids)
+            weights = net.neighbour_weights(graph).cpu()
+            for case_id, row in zip(ids, weights):
+                order = torch.argsort(row, descending=True)[:top]
+                rows += [{"case_id": case_id, "rank": r, "neighbour_case_id": buffer_ids[j],
+                          "edge_weight": float(row[j])} for r, j in enumerate(order.tolist()) if row[j] > 0]
+        return pd.DataFrame(rows, columns=["case_id", "rank", "neighbour_case_id", "edge_weight"])
+
+    def with_shuffled_buffer(self, seed: int = 0):
+        """A copy whose buffer genomics (the g half of each valid row) are deranged across cases.
+
+        The benchmark's control: if MSRL's gain comes from borrowing *real, case-matched* genomics, this copy
+        must fall back to ABMIL level (:func:`msrl_plugin.compare.shuffle_buffer_genomics`).
+        """
+        from ..compare import shuffle_buffer_genomics
+
+        self._check_fitted()
+        return shuffle_buffer_genomics(self, seed)
+
+    def buffer_case_ids(self) -> list[str]:
+        _, ids, valid = self.model_.buffer.snapshot()
+        return [i for i, v in zip(ids, valid.tolist()) if v]
