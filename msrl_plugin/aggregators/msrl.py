@@ -191,7 +191,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
                  buffer_candidates: int | None = None, candidate_search: str = "torch",
-                 propagation: str = "dense", candidate_keys: str = "float16", precision: str = "fp32"):
+                 propagation: str = "dense", candidate_keys: str = "float16", precision: str = "auto"):
         store_init_args(self, locals())
 
     # -- modules -------------------------------------------------------------------------------
