@@ -44,7 +44,7 @@ from msrl_plugin.aggregators.abmil import ABMILAggregator
 from msrl_plugin.cohort import Cohort
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
-#: name -> (cases, bag_min, bag_max, feature_dim); quick sizes in brackets of --quick
+#: name -> (cases, bag_min, bag_max, feature_dim); QUICK: cases with --quick
 REGIMES = {"small": (200, 40, 160, 64), "bench": (64, 128, 512, 384), "realistic": (12, 2000, 8000, 1024)}
 QUICK = {"small": 120, "bench": 40, "realistic": 8}
 
@@ -126,14 +126,17 @@ def matmul_rate(d: int, repeats: int = 5) -> float:
 
 def make_cohort(name: str, n: int, tmp: Path, seed: int, folds: int) -> tuple:
     _, lo, hi, d = REGIMES[name]
-    config = CohortConfig.benchmark_tier(n_cases=n, bag_min=lo, bag_max=hi, feature_dim=d, d_g=32,
+    config = CohortConfig.benchmark_tier(n_cases=max(n, 32), bag_min=lo, bag_max=hi, feature_dim=d, d_g=32,
                                          site_held_out=False, k_folds=folds)
     synth = generate_cohort(config, seed)
     paths = write_cohort(synth, tmp / name)
     cohort = load_cohort(paths["job_dir"], paths["clinical"], "survival")
     slide_paths = {s: f.path for s, f in cohort.bags.files.items()}
     cohort.bags = build_or_update_packed_cache(cohort.bags.files, tmp / f"{name}-cache")
-    return synth, cohort, slide_paths
+    # the generator needs >= 32 cases; the realistic regime times only the first n (seconds per bag)
+    # (cases with an event first: the survival bins need >= 4 events among them)
+    ids = [c for _, c in sorted(zip(cohort.censorship(), cohort.case_ids, strict=True))][:n]
+    return synth, cohort if n >= len(cohort) else cohort.subset(ids), slide_paths
 
 
 def profile_step(agg: ABMILAggregator, cohort: Cohort) -> None:
