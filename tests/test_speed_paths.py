@@ -93,3 +93,15 @@ def test_make_adam_uses_the_fused_kernel_with_the_same_updates():
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
     groups = make_adam([{"params": list(a.parameters())}], 1e-3, 0.0)
     assert groups.param_groups[0]["fused"]
+
+
+def test_collate_subsamples_into_place_and_zeroes_only_the_padding():
+    from msrl_plugin.batching import CaseData, collate
+
+    bags = [torch.arange(12.0).reshape(6, 2), torch.ones(3, 2) * 7]
+    data = CaseData(["a", "b"], bags, torch.zeros(2, 0), torch.zeros(2, dtype=torch.bool), {})
+    batch = collate(data, torch.tensor([0, 1]), max_patches=4, generator=torch.Generator().manual_seed(0))
+    assert batch.x.shape == (2, 4, 2) and batch.mask.sum(1).tolist() == [4, 3]
+    rows = batch.x[0, :, 0].long().tolist()
+    assert rows == sorted(rows) and {r % 2 for r in rows} == {0}  # whole rows of bag a, in bag order
+    assert torch.equal(batch.x[1, :3], bags[1]) and torch.equal(batch.x[1, 3], torch.zeros(2))

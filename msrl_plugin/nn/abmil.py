@@ -44,9 +44,13 @@ class GatedAttentionPool(nn.Module):
         packed_scores = self.score(h)
         scores = torch.full(mask.shape, float("-inf"), dtype=packed_scores.dtype, device=x.device)
         scores = scores.masked_scatter(mask, packed_scores)
-        weighted = torch.softmax(scores, dim=1)[mask].unsqueeze(1) * h
-        pooled = torch.zeros(x.shape[0], h.shape[1], dtype=weighted.dtype, device=x.device)
-        return pooled.index_add(0, segment, weighted), scores
+        # attention-weighted sum of each bag's rows as one (B, N) @ (N, H) product over a block matrix of the
+        # softmax weights: a GEMM forward and backward, where a weighted (N, H) copy + index_add cost two
+        # elementwise passes and a gather over N x H (profiled: ~8% of a realistic-regime step)
+        weights = torch.softmax(scores, dim=1)[mask]
+        block = weights.new_zeros(x.shape[0], h.shape[0]).index_put(
+            (segment, torch.arange(h.shape[0], device=x.device)), weights)
+        return block.to(h.dtype) @ h, scores
 
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
