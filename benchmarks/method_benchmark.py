@@ -152,6 +152,8 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
     registered = [m for m in methods if m not in EXTERNAL]
     params = {(variant_of(m) or (m,))[0]: dict(tier["msrl"]) for m in registered
               if (variant_of(m) or (m,))[0] in MSRL_FAMILY}
+    if "abmil" in registered and tier.get("abmil"):
+        params["abmil"] = dict(tier["abmil"])
     results = []
     for seed in seeds:
         done = None if seed_dir is None else seed_dir / f"seed_{seed}.csv"
@@ -192,15 +194,20 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
     return merged
 
 
+def spearman_with_truth(predictions: pd.DataFrame, eta: pd.Series) -> float:
+    """The rank correlation of the predicted risk (indexed by case id) with the generator's true log-hazard."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(predictions["risk"], eta.loc[predictions.index]).correlation)
+
+
 def add_truth_correlation(result: ComparisonResult, eta: pd.Series) -> None:
     """Per (model, seed, fold): ``spearman_eta``, the rank correlation of the predicted risk with the
     generator's true log-hazard on the test cases; far less noisy than the c-index on small folds."""
-    from scipy.stats import spearmanr
-
     values = {}
     for (model, seed), pred in result.predictions.items():
         for fold, part in pred.groupby("fold"):
-            values[(model, seed, fold)] = spearmanr(part["risk"], eta.loc[part.index]).correlation
+            values[(model, seed, fold)] = spearman_with_truth(part, eta)
     keys = zip(result.per_fold["model"], result.per_fold["seed"], result.per_fold["fold"])
     result.per_fold["spearman_eta"] = [values.get(k, np.nan) for k in keys]
 
@@ -277,12 +284,14 @@ def grid_slug(knobs: dict[str, Any]) -> str:
 
 def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | None = None,
         grid: list[dict[str, Any]] | None = None, n_boot: int = 5000, out: Path | None = None,
-        log=print, budget: dict[str, Any] | None = None, msrl: dict[str, Any] | None = None) -> dict[str, Any]:
+        log=print, budget: dict[str, Any] | None = None, msrl: dict[str, Any] | None = None,
+        abmil: dict[str, Any] | None = None) -> dict[str, Any]:
     """``budget`` overrides the tier's shared training budget (every registered model); ``msrl`` the MSRL
-    family's own settings."""
+    family's own settings; ``abmil`` ABMIL's (its tuned configuration, ``tune_equal_budget.py``)."""
     tier = dict(TIERS[tier_name])
     tier["budget"] = {**tier["budget"], **(budget or {})}
     tier["msrl"] = {**tier["msrl"], **(msrl or {})}
+    tier["abmil"] = {**tier.get("abmil", {}), **(abmil or {})}
     seeds = list(tier["seeds"] if seeds is None else seeds)
     grid = tier["grid"] if grid is None else grid
     methods = available_methods(methods or ORDER, log)
@@ -308,7 +317,8 @@ def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | Non
         write_csv(Path(out) / "orderings.csv", orderings)
         write_json(Path(out) / "benchmark_config.json", {
             "tier": tier_name, "seeds": seeds, "grid": grid, "methods": methods, "budget": tier["budget"],
-            "msrl_params": tier["msrl"], "n_boot": n_boot, "oracle": "true teacher eta (no fitting)"})
+            "msrl_params": tier["msrl"], "abmil_params": tier["abmil"], "n_boot": n_boot,
+            "oracle": "true teacher eta (no fitting)"})
         log(f"\nwrote {out}")
     return {"per_fold": per_fold, "orderings": orderings}
 
@@ -327,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="shared training budget for every model, e.g. max_epochs=20, max_patches=128")
     parser.add_argument("--msrl-param", action="append", default=[], metavar="KEY=VALUE",
                         help="MSRL-family setting on top of the budget, e.g. pretrain_epochs=30")
+    parser.add_argument("--abmil-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="ABMIL setting (its equal-budget tuning winner), e.g. lr=5e-5")
     parser.add_argument("--n-boot", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder; finished seeds are kept there and not rerun")
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.knobs:
         grid = [pairs(args.knobs)]
     run(args.tier, seeds, methods, grid, args.n_boot, args.out, budget=pairs(args.budget),
-        msrl=pairs(args.msrl_param))
+        msrl=pairs(args.msrl_param), abmil=pairs(args.abmil_param))
     return 0
 
 

@@ -265,13 +265,14 @@ def test_checkpoints_from_before_the_new_keywords_load_as_trained(split, tmp_pat
     import json
 
     old = dict(borrow="none", similarity="fused", f_align="paper", pretrain_inter_level="graph")
-    model = create_aggregator("msrl", **FAST, **old).fit(split[0])
+    model = create_aggregator("msrl", **FAST, **old, genomic_teacher_steps=0).fit(split[0])
     ckpt = torch.load(model.save(tmp_path / "new.pt"), weights_only=True)
     params = json.loads(ckpt["params"])
-    for key in (*old, "genomic_teacher_weight", "distill_weight", "pretrain_holdout"):
+    for key in (*old, "genomic_teacher_weight", "distill_weight", "pretrain_holdout", "genomic_teacher_steps",
+                "pretrain_transfer"):
         params.pop(key)
     ckpt["params"] = json.dumps(params)
     torch.save(ckpt, tmp_path / "old.pt")
     loaded = Aggregator.load(tmp_path / "old.pt")
-    assert (loaded.borrow, loaded.similarity) == ("none", "fused")
+    assert (loaded.borrow, loaded.similarity, loaded.genomic_teacher_steps) == ("none", "fused", 0)
     np.testing.assert_allclose(loaded.predict(split[1])["risk"], model.predict(split[1])["risk"], atol=1e-6)
