@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from _cohorts import easy_survival_cohort
 
 from msrl_plugin import precision
-from msrl_plugin.aggregators.base import make_adam
 from msrl_plugin.nn.abmil import GatedAttentionPool
 from msrl_plugin.nn.dropout import FastDropout, fast_dropout
+from msrl_plugin.nn.optim import make_adam
 from msrl_plugin.registry import create_aggregator
 
 

@@ -25,6 +25,7 @@ from ..atomic import write_torch
 from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
 from ..cohort import Cohort
 from ..errors import BadInputError, CheckpointError
+from ..nn.optim import make_adam
 from ..precision import PRECISIONS, resolve_precision
 from ..tasks import make_task, task_from_state
 from .params import _DAMAGED_FIX, PARAMETER_CONSTRAINTS, check_params
@@ -419,16 +420,6 @@ def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) 
         raise CheckpointError(f"checkpoint version {str(version)[:40]!r} is not one this msrl-plugin reads "
                               f"(<= {CHECKPOINT_VERSION})", path, "upgrade msrl-plugin, or re-save the model")
     return ckpt
-
-
-def make_adam(params: list, lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam(lr, weight_decay), the fused kernel where every parameter allows it [D: same update rule; the
-    default per-parameter loop was ~8% of a small-bag (40-160 x 64-d) step's CPU time, profiled]."""
-    tensors = [p for group in params for p in group["params"]] if params and isinstance(params[0], dict) \
-        else params
-    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors) \
-        and len({p.device for p in tensors}) == 1
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def cpu_state(module: nn.Module) -> dict[str, Any]:
