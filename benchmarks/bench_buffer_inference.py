@@ -9,7 +9,12 @@ of ``--patches`` patches. Modes: ``dense`` (the graph over [case; all K rows]: O
 ``candidates`` (each case's graph over its exact top-m rows: O(K d)). Dense at K = 1e5 is not run: one (K+1)^2
 float32 matrix alone is 40 GB and the graph learner holds several. Reported: latency of the whole case (bag
 encoding + graph + head) and of the graph forward alone, medians over the cases; peak RSS above the process's
-RSS before the network was built. Run: ``python benchmarks/bench_buffer_inference.py [--quick]``.
+RSS before the network was built. The network is MSRL's shipped default (``similarity="wsi"``: the graph ranks
+neighbours by the WSI half, so the cached retrieval keys are 768-d; ``candidate_keys="float16"``: keys stored
+in float16, a 2m-row shortlist re-scored exactly in float32). ``--keys float32`` adds the all-float32 search
+(every score exact) and ``--similarity fused`` the paper's 1536-d keys. For float16 keys the script reports
+the recall of the float32 search's top-m (1.000 = the same rows). Run: ``python
+benchmarks/bench_buffer_inference.py [--quick]``.
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ def _time_cases(net, bags: list, clock) -> tuple[float, float]:
     return statistics.median(whole[2:]) * 1e3, statistics.median(graph_only[2:]) * 1e3
 
 
-def child(k: int, m: int | None, cases: int, patches: int, search: str) -> dict:
+def child(k: int, m: int | None, cases: int, patches: int, search: str, keys: str = "float16",
+          similarity: str = "wsi") -> dict:
     import torch
 
     from msrl_plugin.nn.msrl import MSRLNetwork
@@ -58,8 +64,8 @@ def child(k: int, m: int | None, cases: int, patches: int, search: str) -> dict:
     bags = [torch.randn(1, patches, PATCH_DIM) for _ in range(cases + 2)]
     base = rss_mb()
     net = MSRLNetwork(PATCH_DIM, GENOMICS, 4, embed_dim=EMBED, k=10, buffer_size=k, buffer_candidates=m,
-                      candidate_search=search).eval()
-    out = {"k": k, "m": m, "search": search, "base_mb": base}
+                      candidate_search=search, candidate_keys=keys, similarity=similarity).eval()
+    out = {"k": k, "m": m, "search": search, "keys": keys, "similarity": similarity, "base_mb": base}
     with torch.no_grad():
         for start in range(0, k, 10_000):  # fill in chunks: no second K x d copy
             n = min(10_000, k - start)
@@ -80,11 +86,20 @@ def child(k: int, m: int | None, cases: int, patches: int, search: str) -> dict:
                 net(x, case_ids=ids)
                 runs.append((time.perf_counter() - start) / BATCH * 1e3)
             out["batch_ms"] = statistics.median(runs)
+            out["key_mb"] = net._candidate_keys().numel() * net._candidate_keys().element_size() / 2**20
+            if net._key_dtype() != torch.float32:  # recall of the all-float32 search's top-m (after the peak)
+                f = net.online_nodes(net.encode_wsi(x, None))
+                got = net.retrieve(f)
+                net.candidate_keys = "float32"
+                want = net.retrieve(f)
+                out["recall"] = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, want)) / want.numel()
     return out
 
 
-def run_child(k: int, m: int | None, cases: int, patches: int, search: str = "torch") -> dict:
-    cmd = [sys.executable, __file__, "--child", str(k), str(m or 0), str(cases), str(patches), search]
+def run_child(k: int, m: int | None, cases: int, patches: int, search: str = "torch", keys: str = "float16",
+              similarity: str = "wsi") -> dict:
+    cmd = [sys.executable, __file__, "--child", str(k), str(m or 0), str(cases), str(patches), search, keys,
+           similarity]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"k": k, "m": m, "search": search, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
@@ -95,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         k, m, cases, patches = (int(v) for v in argv[1:5])
-        print(json.dumps(child(k, m or None, cases, patches, argv[5])))
+        print(json.dumps(child(k, m or None, cases, patches, *argv[5:8])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 cases per setting, no dense K = 1e4")
     parser.add_argument("--m", type=int, default=128, help="candidate buffer rows per case [128]")
     parser.add_argument("--cases", type=int, default=None, help="cases timed per setting [20; quick 5]")
     parser.add_argument("--patches", type=int, default=512, help="patches per case bag [512]")
+    parser.add_argument("--keys", action="append", default=[], choices=["float32"],
+                        help="also run candidate_keys=float32 (every score exact)")
+    parser.add_argument("--similarity", default="wsi", choices=["wsi", "fused"],
+                        help="the graph's similarity space [wsi: shipped default; fused: the paper]")
     args = parser.parse_args(argv)
     cases = args.cases or (5 if args.quick else 20)
     sizes = [1_000, 10_000, 100_000]
@@ -113,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         has_faiss = False
     results = []
     for k in sizes:
-        results.append(run_child(k, args.m, cases, args.patches))
+        results.append(run_child(k, args.m, cases, args.patches, similarity=args.similarity))
+        for keys in args.keys:
+            results.append(run_child(k, args.m, cases, args.patches, keys=keys, similarity=args.similarity))
         if has_faiss:
-            results.append(run_child(k, args.m, cases, args.patches, "faiss"))
+            results.append(run_child(k, args.m, cases, args.patches, "faiss", similarity=args.similarity))
         if k <= (1_000 if args.quick else DENSE_LIMIT):
-            results.append(run_child(k, None, max(3, cases // 4) if k > 1000 else cases, args.patches))
+            results.append(run_child(k, None, max(3, cases // 4) if k > 1000 else cases, args.patches,
+                                     similarity=args.similarity))
         else:
             gb = 4 * (k + 1) ** 2 / 1e9
             why = (f"infeasible, one (K+1)^2 float32 matrix is {gb:.0f} GB" if k > DENSE_LIMIT
@@ -130,25 +152,28 @@ def main(argv: list[str] | None = None) -> int:
           f"setting (medians); load average {load} on {os.cpu_count()} cores")
     print("case/graph ms: batch-1 wall clock on 2 threads; cpu1: CPU ms on 1 thread (robust to other jobs); "
           f"batch{BATCH}: wall ms per case when {BATCH} cases share one call")
-    print(f"{'K':>7} {'mode':<19}{'case ms':>8}{'graph ms':>9}{'case cpu1':>10}{'graph cpu1':>11}"
-          f"{f'batch{BATCH}':>9}{'peak-base MiB':>14}")
+    print(f"{'K':>7} {'mode':<27}{'case ms':>8}{'graph ms':>9}{'case cpu1':>10}{'graph cpu1':>11}"
+          f"{f'batch{BATCH}':>9}{'peak-base MiB':>14}{'keys MiB':>9}{'recall':>7}")
     for r in results:
         mode = "dense" if r["m"] is None else f"candidates m={r['m']}"
-        mode += " faiss" if r["search"] == "faiss" else ""
+        mode += " faiss" if r["search"] == "faiss" else f" {r.get('keys', '')}" if r["m"] else ""
         if "error" in r:
-            print(f"{r['k']:>7} {mode:<19} {r['error']}")
+            print(f"{r['k']:>7} {mode:<27} {r['error']}")
             continue
         batch = f"{r['batch_ms']:>9.1f}" if r.get("batch_ms") is not None else f"{'-':>9}"
-        print(f"{r['k']:>7} {mode:<19}{r['whole_ms']:>8.1f}{r['graph_ms']:>9.1f}{r['whole_cpu1_ms']:>10.1f}"
-              f"{r['graph_cpu1_ms']:>11.1f}{batch}{r['peak_mb'] - r['base_mb']:>14.0f}")
-    cand = {r["k"]: r for r in results if r["m"] is not None and r["search"] == "torch" and "error" not in r}
+        keys = f"{r['key_mb']:>9.0f}" if "key_mb" in r else f"{'-':>9}"
+        recall = f"{r['recall']:>7.3f}" if "recall" in r else f"{'-':>7}"
+        print(f"{r['k']:>7} {mode:<27}{r['whole_ms']:>8.1f}{r['graph_ms']:>9.1f}{r['whole_cpu1_ms']:>10.1f}"
+              f"{r['graph_cpu1_ms']:>11.1f}{batch}{r['peak_mb'] - r['base_mb']:>14.0f}{keys}{recall}")
+    cand = {r["k"]: r for r in results if r["m"] is not None and r["search"] == "torch" and "error" not in r
+            and r.get("keys") == "float16"}
     if len(cand) == len(sizes):
         mem = [cand[k]["peak_mb"] - cand[k]["base_mb"] for k in sizes]
         growth = ", ".join(f"x{mem[i + 1] / mem[i]:.1f}" for i in range(len(sizes) - 1))
         per_row = (mem[-1] - mem[0]) / (sizes[-1] - sizes[0]) * 2**20
         print(f"candidate-mode memory growth per 10x K: {growth} (linear -> x10 once the fixed part is "
               f"small; quadratic -> x100); slope {per_row:.0f} bytes per buffer row "
-              f"(buffer + retrieval keys = {2 * 4 * 2 * EMBED})")
+              f"(buffer rows {4 * 2 * EMBED} + float16 keys {2 * (EMBED if args.similarity == 'wsi' else 2 * EMBED)})")
         top = cand[sizes[-1]]
         # 1-thread CPU time bounds the idle 2-core wall time from above; wall time is at other jobs' mercy
         ok = min(top["whole_ms"], top["whole_cpu1_ms"]) <= 50

@@ -108,19 +108,26 @@ class BagBatch:
 def collate(data: CaseData, index: torch.Tensor, max_patches: int | None = None,
             generator: torch.Generator | None = None) -> BagBatch:
     """Pad the bags at ``index``; with ``max_patches`` each larger bag is randomly subsampled."""
-    bags = []
+    bags, keeps = [], []
     for i in index.tolist():
         bag = data.bags[i]
+        keep = None
         if max_patches and bag.shape[0] > max_patches:
-            keep = torch.randperm(bag.shape[0], generator=generator)[:max_patches]
-            bag = bag[keep.sort().values]
+            keep = torch.randperm(bag.shape[0], generator=generator)[:max_patches].sort().values
         bags.append(bag)
-    n_max = max(b.shape[0] for b in bags)
-    x = torch.zeros(len(bags), n_max, bags[0].shape[1])
+        keeps.append(keep)
+    sizes = [b.shape[0] if k is None else len(k) for b, k in zip(bags, keeps, strict=True)]
+    n_max = max(sizes)
+    # one copy per bag, straight into the batch (a subsample is gathered into place); only padding is zeroed
+    x = torch.empty(len(bags), n_max, bags[0].shape[1])
     mask = torch.zeros(len(bags), n_max, dtype=torch.bool)
-    for j, bag in enumerate(bags):
-        x[j, : bag.shape[0]] = bag
-        mask[j, : bag.shape[0]] = True
+    for j, (bag, keep, n) in enumerate(zip(bags, keeps, sizes, strict=True)):
+        if keep is None:
+            x[j, :n] = bag
+        else:
+            torch.index_select(bag, 0, keep, out=x[j, :n])
+        x[j, n:] = 0
+        mask[j, :n] = True
     return BagBatch(index, x, mask, data.genomics[index], data.has_genomics[index],
                     {k: v[index] for k, v in data.targets.items()}, [data.case_ids[i] for i in index.tolist()])
 

@@ -278,3 +278,44 @@ def test_training_step_with_candidates_updates_the_learner():
     logits = net(x, mask, case_ids=["a", "b", "c", "d"])
     F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in net.graph_learner.weights)
+
+
+def test_float16_keys_return_the_exact_top_m_and_float32_keys_stay_available():
+    exact = _net(buffer_size=3000, buffer_candidates=16, candidate_keys="float32", similarity="wsi").eval()
+    ids = _fill(exact, 3000)
+    compact = copy.deepcopy(exact)
+    compact.candidate_keys = "float16"
+    f = torch.randn(20, exact.buffer.dim)
+    excl = exact.buffer.exclusion_mask([ids[5], *(f"q{i}" for i in range(19))])
+    want = exact.retrieve(f, excl)
+    got = compact.retrieve(f, excl)
+    assert compact._candidate_keys().dtype == torch.float16 and exact._candidate_keys().dtype == torch.float32
+    assert compact._candidate_keys().shape == (3000, EMB)  # similarity="wsi": keys of the WSI half only
+    assert torch.equal(got, want)  # the float32 re-scoring of the 2m shortlist restores the exact top-m
+    assert 5 not in got[0].tolist()
+
+
+def test_float16_keys_keep_the_dense_equivalence_and_follow_a_search_switch():
+    dense = _net(buffer_size=24)
+    ids = _fill(dense, 24)
+    x, mask = _bags(3)
+    dense.eval()
+    with torch.no_grad():
+        want = dense(x, mask, case_ids=ids[:3])
+        cand = _with_candidates(dense, 24)
+        assert cand._key_dtype() == torch.float16
+        torch.testing.assert_close(cand(x, mask, case_ids=ids[:3]), want, atol=1e-5, rtol=1e-4)
+        cand.candidate_keys = "float32"  # the cache is keyed by the key dtype: rebuilt, not reused
+        assert cand._candidate_keys().dtype == torch.float32
+    with pytest.raises(ValueError, match="candidate_keys"):
+        _net(candidate_keys="int8")
+
+
+def test_block_scores_equal_the_float32_product_for_one_and_many_queries():
+    from msrl_plugin.nn.retrieval import block_scores
+
+    keys = F.normalize(torch.randn(50, 16), dim=1)
+    for b in (1, 5):
+        q = F.normalize(torch.randn(b, 16), dim=1)
+        got = block_scores(q, keys.half(), piece=7)
+        torch.testing.assert_close(got.float(), q @ keys.t(), atol=2e-3, rtol=0)

@@ -40,7 +40,7 @@ class ABMILAggregator(AttentionMixin, Aggregator):
     Defaults follow MCAT's training conventions (Adam lr 2e-4, weight decay 1e-5, 20 epochs, NLL
     alpha 0); bags are trained in mini-batches of ``batch_size`` (padding costs no compute) with a random
     subsample of at most ``max_patches`` patches per bag per step (the full bag at inference);
-    ``precision='bf16'`` trains under bfloat16 autocast.
+    ``precision='auto'`` trains under bfloat16 autocast where the hardware runs it natively, else float32.
 
     Parameters
     ----------
@@ -56,7 +56,7 @@ class ABMILAggregator(AttentionMixin, Aggregator):
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
-                 precision: str = "fp32"):
+                 precision: str = "auto"):
         store_init_args(self, locals())
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:

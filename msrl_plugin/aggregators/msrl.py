@@ -21,6 +21,7 @@ from ..nn.ema import ema_update, make_target
 from ..nn.gsl_pretrain import GSLPretrainModel
 from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
 from ..nn.msrl import BORROW, READOUTS, SIMILARITIES, MSRLNetwork
+from ..nn.retrieval import KEY_DTYPES
 from ..pretrain import INTER_LEVELS, PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
@@ -82,7 +83,8 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
       configurations per model, highest mean Spearman with the true risk): 0.441 against 0.416 without it.
 
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
-    of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D].
+    of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D]; its retrieval keys are cached
+    in float16 and the shortlist re-scored in float32 (``candidate_keys``) [D: retrieval is memory-bound].
 
     Parameters
     ----------
@@ -156,6 +158,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         How the top-m candidates are searched (torch, or faiss when installed).
     propagation : str
         Graph propagation over the buffer (dense, or sparse over the candidates).
+    candidate_keys : {"float16", "float32"}
+        Storage of the cached retrieval keys of ``buffer_candidates``: float16 (a shortlist of 2m rows, then
+        exact float32 re-scoring) or float32 (every score exact).
     """
 
     _parameter_constraints: ClassVar[dict] = {
@@ -168,6 +173,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
         "similarity": [StrOptions(set(SIMILARITIES))],
         "pretrain_transfer": [StrOptions(set(PRETRAIN_TRANSFERS))],
+        "candidate_keys": [StrOptions(set(KEY_DTYPES))],
     }
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
     graph = "learned"           # or a static kNN graph (ablations)
@@ -191,7 +197,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
                  buffer_candidates: int | None = None, candidate_search: str = "torch",
-                 propagation: str = "dense", precision: str = "fp32"):
+                 propagation: str = "dense", candidate_keys: str = "float16", precision: str = "auto"):
         store_init_args(self, locals())
 
     # -- modules -------------------------------------------------------------------------------
@@ -201,7 +207,8 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                            self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
                            getattr(self, "buffer_rows_", self.buffer_size), self.readout,
                            self.buffer_candidates, self.candidate_search, self.propagation,
-                           self.borrow if self.modality == "fused" else "none", self.similarity)
+                           self.borrow if self.modality == "fused" else "none", self.similarity,
+                           getattr(self, "candidate_keys", "float16"))
 
     def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
         return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,

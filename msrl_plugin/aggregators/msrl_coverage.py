@@ -18,7 +18,7 @@ class BufferCoverageMixin:
         """Per case, the mean similarity (in the graph's own space) to its k most similar buffer rows, its own
         row left out: how well the buffer's real cases cover it. ``(n,)``."""
         net = self.model_.eval()
-        keys = torch.nn.functional.normalize(net._candidate_keys(), dim=1)
+        keys = torch.nn.functional.normalize(net._candidate_keys().float(), dim=1)  # float16 when compact
         out = []
         for index in batches(torch.arange(len(data)), self.batch_size):
             batch = collate(data, index).to(self._device())  # whole bags, as predict reads them

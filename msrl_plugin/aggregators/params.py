@@ -37,7 +37,7 @@ PARAMETER_CONSTRAINTS: dict[str, list] = {
                                        "maskfeat_rate_anchor")},
     **{name: _reals(0, 1, closed="both") for name in ("alpha_surv", "ema_momentum", "anchor_tau")},
     **{name: ["boolean"] for name in ("weighted_sample", "verbose", "train_gene_encoder")},
-    "precision": [StrOptions({"fp32", "bf16"})],
+    "precision": [StrOptions({"auto", "fp32", "bf16"})],
 }
 #: the train flag of a hyper-parameter (others are given as --param NAME=VALUE)
 PARAMETER_FLAGS = {"max_epochs": "--max-epochs", "lr": "--lr", "reg": "--reg", "dropout": "--drop-out",

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .dropout import FastDropout
 
 
 class GatedAttentionPool(nn.Module):
@@ -11,15 +14,19 @@ class GatedAttentionPool(nn.Module):
     fc D -> H (ReLU, dropout), gated attention H -> A (tanh branch x sigmoid branch, dropout 0.25 each
     as in CLAM's ``Attn_Net_Gated``), softmax over patches, attention-weighted sum.
     Returns ``(pooled (B, H), raw attention scores (B, N))``; padded patches score -inf.
+
+    Speed [D, same function as CLAM's layers]: the two attention branches run as one GEMM over their stacked
+    weights (parameters and state_dict keep CLAM's two ``Linear`` layers), and dropout masks come from
+    :class:`~msrl_plugin.nn.dropout.FastDropout` (the CPU ``bernoulli_`` mask was 15-21% of a training step).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, attn_dim: int = 256, dropout: float = 0.25,
                  input_dropout: float = 0.0):
         super().__init__()
-        self.fc = nn.Sequential(nn.Dropout(input_dropout), nn.Linear(in_dim, hidden_dim), nn.ReLU(),
-                                nn.Dropout(dropout))
-        self.attn_a = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Tanh(), nn.Dropout(dropout))
-        self.attn_b = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Sigmoid(), nn.Dropout(dropout))
+        self.fc = nn.Sequential(FastDropout(input_dropout), nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+                                FastDropout(dropout))
+        self.attn_a = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Tanh(), FastDropout(dropout))
+        self.attn_b = nn.Sequential(nn.Linear(hidden_dim, attn_dim), nn.Sigmoid(), FastDropout(dropout))
         self.attn_w = nn.Linear(attn_dim, 1)
         self.out_dim = hidden_dim
         init_xavier(self)
@@ -27,19 +34,31 @@ class GatedAttentionPool(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if mask is None or bool(mask.all()):
             h = self.fc(x)
-            scores = self.attn_w(self.attn_a(h) * self.attn_b(h)).squeeze(-1)
+            scores = self.score(h)
             return torch.bmm(torch.softmax(scores, dim=1).unsqueeze(1), h).squeeze(1), scores
         # padded batch: the layers run on the real patches only (concatenated, with segment ids), so
         # padding costs no compute; scores go back to (B, N) with -inf at the padding
         real = x[mask]
         segment = mask.nonzero()[:, 0]
         h = self.fc(real)
-        packed_scores = self.attn_w(self.attn_a(h) * self.attn_b(h)).squeeze(-1)
+        packed_scores = self.score(h)
         scores = torch.full(mask.shape, float("-inf"), dtype=packed_scores.dtype, device=x.device)
         scores = scores.masked_scatter(mask, packed_scores)
-        weighted = torch.softmax(scores, dim=1)[mask].unsqueeze(1) * h
-        pooled = torch.zeros(x.shape[0], h.shape[1], dtype=weighted.dtype, device=x.device)
-        return pooled.index_add(0, segment, weighted), scores
+        # attention-weighted sum of each bag's rows as one (B, N) @ (N, H) product over a block matrix of the
+        # softmax weights: a GEMM forward and backward, where a weighted (N, H) copy + index_add cost two
+        # elementwise passes and a gather over N x H (profiled: ~8% of a realistic-regime step)
+        weights = torch.softmax(scores, dim=1)[mask]
+        block = weights.new_zeros(x.shape[0], h.shape[0]).index_put(
+            (segment, torch.arange(h.shape[0], device=x.device)), weights)
+        return block.to(h.dtype) @ h, scores
+
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """Raw gated-attention scores ``(..., H) -> (...)``: w^T (tanh(a h) * sigmoid(b h)), dropout on both."""
+        a, b = self.attn_a[0], self.attn_b[0]
+        both = F.linear(h, torch.cat([a.weight, b.weight]), torch.cat([a.bias, b.bias]))
+        ta, sb = both.split(a.out_features, dim=-1)
+        return self.attn_w(self.attn_a[2](torch.tanh(ta)) * self.attn_b[2](torch.sigmoid(sb))).squeeze(-1)
 
 
 class ABMIL(nn.Module):
@@ -49,7 +68,7 @@ class ABMIL(nn.Module):
                  rho_dim: int = 256, dropout: float = 0.25):
         super().__init__()
         self.pool = GatedAttentionPool(in_dim, hidden_dim, attn_dim, dropout)
-        self.rho = nn.Sequential(nn.Linear(hidden_dim, rho_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.rho = nn.Sequential(nn.Linear(hidden_dim, rho_dim), nn.ReLU(), FastDropout(dropout))
         self.head = nn.Linear(rho_dim, n_outputs)
         init_xavier(self.rho)
         init_xavier(self.head)

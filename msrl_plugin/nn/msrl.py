@@ -25,14 +25,16 @@ from .abmil import GatedAttentionPool
 from .buffer import FeatureBuffer
 from .gcn import GCN
 from .graph_learner import GraphLearner, KNNGraph, LearnedGraph, sparsify_and_normalise
+from .retrieval import KEY_DTYPES, blockwise_topk, faiss_candidates, import_faiss, shortlist_topk
 from .snn import SNN
+
+__all__ = ["MSRLNetwork", "CandidateGraph", "blockwise_topk", "per_case_masks", "candidate_masks"]
 
 GRAPHS = ("learned", "knn_cosine", "knn_euclidean")
 READOUTS = ("node", "node+wsi", "node+case")
 BORROW = ("none", "genomic_risk")
 SIMILARITIES = ("fused", "wsi")
 CANDIDATE_SEARCH = ("torch", "faiss")
-_BLOCK = 65536  # buffer rows per retrieval block: memory O(B * block), not O(B * K)
 _EMBED_BLOCK = 8192  # buffer rows embedded at a time when the retrieval keys are (re)built
 
 
@@ -79,55 +81,6 @@ def candidate_masks(row_valid: torch.Tensor, row_excluded: torch.Tensor) -> torc
     return mask
 
 
-@torch.no_grad()
-def blockwise_topk(queries: torch.Tensor, keys: torch.Tensor, m: int, allowed: torch.Tensor | None = None,
-                   metric: str = "ip", block_size: int = _BLOCK) -> torch.Tensor:
-    """Exact top-m keys per query over key blocks: ``(B, d), (K, d) -> (B, min(m, K))`` int64, best first.
-
-    ``metric``: ``"ip"`` (inner product: pass L2-normalised rows for cosine; unlike
-    :func:`~msrl_plugin.nn.graph_learner.topk_candidates` the keys are not re-normalised on every call,
-    which at K = 1e5 would cost a K x d pass and copy per query) or ``"euclidean"``. Forbidden keys
-    (``allowed`` (B, K) False) come last, so they are returned only when a query has fewer than m allowed
-    keys. Memory O(B * block).
-    """
-    if metric not in ("ip", "euclidean"):
-        raise ValueError(f"metric must be 'ip' or 'euclidean', got {metric!r}")
-    m = min(m, keys.shape[0])
-    best_val = queries.new_full((queries.shape[0], 0), float("-inf"))
-    best_idx = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
-    for start in range(0, keys.shape[0], block_size):
-        kb = keys[start: start + block_size]
-        score = queries @ kb.t()
-        if metric == "euclidean":
-            score = 2 * score - (kb * kb).sum(dim=1)[None]  # -d^2 up to a per-query constant
-        if allowed is not None:
-            score = score.masked_fill(~allowed[:, start: start + kb.shape[0]], float("-inf"))
-        val, idx = score.topk(min(m, kb.shape[0]), dim=1)
-        best_val, pos = torch.cat([best_val, val], 1).topk(min(m, best_val.shape[1] + val.shape[1]), dim=1)
-        best_idx = torch.cat([best_idx, idx + start], 1).gather(1, pos)
-    return best_idx
-
-
-def _faiss_candidates(queries: torch.Tensor, index, valid_rows: torch.Tensor, allowed: torch.Tensor,
-                      m: int) -> torch.Tensor | None:
-    """Top-m allowed rows from a FAISS inner-product index over the valid rows (L2-normalised embeddings).
-
-    Returns None when some query has fewer than m allowed rows in reach (the caller falls back to torch).
-    """
-    n_excluded = int((~allowed[:, valid_rows]).sum(dim=1).max()) if len(valid_rows) else 0
-    reach = min(len(valid_rows), m + n_excluded)
-    if reach < m:
-        return None
-    _, found = index.search(queries.float().cpu().contiguous().numpy(), reach)
-    rows = valid_rows.cpu()[torch.from_numpy(found).clamp_min(0)]
-    ok = allowed.cpu().gather(1, rows) & torch.from_numpy(found >= 0)
-    if (ok.sum(dim=1) < m).any():
-        return None
-    # stable sort keeps FAISS's similarity order among the allowed rows; take the first m of each query
-    order = torch.sort((~ok).to(torch.int8), dim=1, stable=True).indices[:, :m]
-    return rows.gather(1, order).to(queries.device)
-
-
 class MSRLNetwork(nn.Module):
     """The online branch (the only one used at inference) plus the buffer it reads.
 
@@ -161,6 +114,11 @@ class MSRLNetwork(nn.Module):
             runs ``GCNConv``'s own message passing over the block-diagonal batch (slower on CPU).
         candidate_search: ``"torch"`` (blockwise exact ``topk``) or ``"faiss"`` (exact ``IndexFlatIP`` search,
             used without gradients, for the learned and cosine graphs; needs ``msrl-plugin[faiss]``).
+        candidate_keys: how the cached retrieval keys are stored: ``"float16"`` [D: retrieval at K = 1e5 is
+            bound by memory bandwidth; half the bytes, then the 2m-row shortlist is re-scored exactly in
+            float32, so the top-m is exact unless a true top-m row misses a shortlist of 2m (measured recall
+            1.000)] or ``"float32"`` (every score exact). Only the torch search of inner-product graphs
+            (learned, cosine kNN) uses float16; Euclidean kNN and FAISS keep float32 keys.
     """
 
     def __init__(self, feature_dim: int, genomics_dim: int, n_outputs: int, embed_dim: int = 256,
@@ -169,8 +127,11 @@ class MSRLNetwork(nn.Module):
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
                  readout: str = "node", buffer_candidates: int | None = None,
                  candidate_search: str = "torch", propagation: str = "dense", borrow: str = "none",
-                 similarity: str = "fused"):
+                 similarity: str = "fused", candidate_keys: str = "float16"):
         super().__init__()
+        if candidate_keys not in KEY_DTYPES:
+            raise ValueError(f"candidate_keys must be one of {KEY_DTYPES}, got {candidate_keys!r}")
+        self.candidate_keys = candidate_keys
         if propagation not in ("dense", "pyg"):
             raise ValueError(f"propagation must be 'dense' or 'pyg', got {propagation!r}")
         self.propagation = propagation
@@ -179,7 +140,7 @@ class MSRLNetwork(nn.Module):
         if candidate_search not in CANDIDATE_SEARCH:
             raise ValueError(f"candidate_search must be one of {CANDIDATE_SEARCH}, got {candidate_search!r}")
         if candidate_search == "faiss":
-            _import_faiss()
+            import_faiss()
         self.buffer_candidates = None if buffer_candidates is None else int(buffer_candidates)
         self.candidate_search = candidate_search
         self._keys_cache: tuple | None = None
@@ -335,14 +296,17 @@ class MSRLNetwork(nn.Module):
             rows = None
             if self.candidate_search == "faiss" and not torch.is_grad_enabled():
                 index, valid_rows = self._faiss_index(keys)
-                rows = _faiss_candidates(q, index, valid_rows, allowed, min(m, keys.shape[0]))
+                rows = faiss_candidates(q, index, valid_rows, allowed, min(m, keys.shape[0]))
+            if rows is None and keys.dtype != torch.float32:  # compact keys: shortlist, then exact re-score
+                buf = self.buffer.features
+                rows = shortlist_topk(q, keys, m, allowed, lambda r: self.similarity_embedding(buf[r]))
             if rows is None:
                 rows = blockwise_topk(q, keys, m, allowed, "ip")
         return rows.sort(dim=1).values  # buffer order: with m >= K the node order equals the dense path's
 
     def _cache_key(self) -> tuple:
         tensors = [self.buffer.features, self.buffer.valid, *self.graph_learner.parameters()]
-        return tuple((t.data_ptr(), t._version) for t in tensors)
+        return (self._key_dtype(), *((t.data_ptr(), t._version) for t in tensors))
 
     @torch.no_grad()
     def _candidate_keys(self) -> torch.Tensor:
@@ -357,11 +321,18 @@ class MSRLNetwork(nn.Module):
             return self._keys_cache[1]
         buf = self.buffer.features
         self._keys_cache = None  # free the old keys before allocating the new ones
-        keys = buf.new_empty(len(buf), buf.shape[1] - self.graph_learner.start)
+        keys = buf.new_empty(len(buf), buf.shape[1] - self.graph_learner.start, dtype=self._key_dtype())
         for i in range(0, len(buf), _EMBED_BLOCK):  # small blocks: temporaries stay O(block d)
             keys[i: i + _EMBED_BLOCK] = self.similarity_embedding(buf[i: i + _EMBED_BLOCK])
         self._keys_cache = (key, keys, None)
         return keys
+
+    def _key_dtype(self) -> torch.dtype:
+        """float16 for the torch search of inner-product graphs with ``candidate_keys="float16"``, else float32
+        (Euclidean keys are raw features, whose squared norms may overflow float16; FAISS indexes float32)."""
+        euclidean = isinstance(self.graph_learner, KNNGraph) and self.graph_learner.metric == "euclidean"
+        compact = self.candidate_keys == "float16" and self.candidate_search == "torch" and not euclidean
+        return torch.float16 if compact else torch.float32
 
     def similarity_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """Node features in the space the graph ranks neighbours in: the learner embedding (unit rows), the
@@ -375,7 +346,7 @@ class MSRLNetwork(nn.Module):
     def _faiss_index(self, keys: torch.Tensor):
         """An exact inner-product FAISS index over the valid rows (rebuilt with the key cache)."""
         if self._keys_cache[2] is None:
-            faiss = _import_faiss()
+            faiss = import_faiss()
             valid_rows = self.buffer.valid.nonzero().squeeze(1)
             index = faiss.IndexFlatIP(keys.shape[1])
             index.add(keys[valid_rows].float().cpu().contiguous().numpy())  # rows are L2-normalised already
@@ -433,12 +404,3 @@ class MSRLNetwork(nn.Module):
     def target_modules(self) -> list[str]:
         """Modules with an EMA target copy (phi_G has none: it stays frozen at its pre-trained weights)."""
         return ["wsi_encoder", "graph_learner", "gcn", "head"]
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError("candidate_search='faiss' needs the faiss package: pip install "
-                          "'msrl-plugin[faiss]' (or use candidate_search='torch', exact too)") from exc
-    return faiss
