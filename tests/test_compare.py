@@ -278,7 +278,8 @@ def test_benchmark_ordering_verdicts():
             base = 0.6 + 0.02 * rng.normal()
             for model, shift in (("abmil", 0.0), ("msrl", 0.05), ("msrl_shuffled_buffer", 0.0),
                                  ("msrl_knn_cosine", -0.08)):
-                rows.append({"model": model, "seed": seed, "fold": fold, "c_index": base + shift})
+                rows.append({"model": model, "seed": seed, "fold": fold, "c_index": base + shift,
+                             "spearman_eta": 0.05 * rng.normal() + (0.3 if model == "msrl" else 0.0)})
     models = ["msrl", "msrl_knn_cosine", "abmil", "msrl_shuffled_buffer"]
     result = ComparisonResult("survival", models, "abmil", pd.DataFrame(rows), {}, {})
     verdicts = bench.check_orderings(result, rho=0.8, n_boot=500).set_index("ordering")["verdict"]
@@ -288,6 +289,9 @@ def test_benchmark_ordering_verdicts():
     assert "oracle >= msrl_multi" not in verdicts  # methods that did not run are not judged
     at_chance = bench.check_orderings(result, rho=0.0, n_boot=500).set_index("ordering")["verdict"]
     assert at_chance["msrl ~ 0.5 at rho=0"] == "did not hold"  # 0.65 at rho = 0 would be leakage
+    by_rank = bench.check_orderings(result, rho=0.0, n_boot=500, metric="spearman_eta").set_index("ordering")
+    assert by_rank.loc["abmil ~ 0 at rho=0", "verdict"] == "held"  # chance for a rank correlation is 0
+    assert by_rank.loc["msrl ~ 0 at rho=0", "verdict"] == "did not hold"
 
 
 def test_borrowing_controls_are_added_once_in_either_spelling():
