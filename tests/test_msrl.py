@@ -78,11 +78,13 @@ def test_training_moves_hadamard_weights_and_encoders(split):
     assert not torch.allclose(model.model_.inductor.net[0].weight, fresh.model_.inductor.net[0].weight)
 
 
-def test_gene_encoder_is_trained_by_default_and_frozen_on_request(split):
-    trained = create_aggregator("msrl", **FAST).fit(split[0])
-    assert all(p.requires_grad for p in trained.model_.gene_encoder.parameters())
-    frozen = create_aggregator("msrl", **FAST, train_gene_encoder=False).fit(split[0])
+def test_gene_encoder_is_frozen_for_wsi_only_inference_and_trained_for_msrl_multi_by_default(split):
+    frozen = create_aggregator("msrl", **FAST).fit(split[0])
     assert not any(p.requires_grad for p in frozen.model_.gene_encoder.parameters())
+    multi = create_aggregator("msrl_multi", **FAST).fit(split[0])
+    assert all(p.requires_grad for p in multi.model_.gene_encoder.parameters())
+    trained = create_aggregator("msrl", **FAST, train_gene_encoder=True).fit(split[0])
+    assert all(p.requires_grad for p in trained.model_.gene_encoder.parameters())
 
 
 def test_genomic_teacher_prefit_learns_and_stays_fixed_when_frozen(split):

@@ -72,15 +72,19 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
       cases of similar genomics and a shuffled buffer borrows the same values (the control measured nothing).
     - ``distill_weight=1`` [D] (paper: 0): MSE of the WSI-only logits to the case's own genomic-risk logits
       r_G(phi_G(X_G)), a dense training target for every case (the output level of the layer-wise alignment).
-    - ``train_gene_encoder=True`` [D] (spec: frozen): phi_G is fine-tuned through the genomic risk head and
-      the target branch follows it by EMA (a frozen stage-1 phi_G left r_G at Spearman ~0.4 with the true
-      risk, ~0.5 trained); before, phi_G was shared with the target, whose eval() disabled its dropout, and
+    - ``train_gene_encoder=None`` [D] (spec: frozen): frozen for WSI-only inference, fine-tuned for
+      ``msrl_multi`` (which reads the case's own genomics at test; trained phi_G let it reach late fusion in the
+      diagnosis). With ``True`` phi_G is fine-tuned through the genomic risk head and the target branch
+      follows it by EMA; before 0.2 phi_G was shared with the target, whose eval() disabled its dropout, and
       this flag did nothing for ``msrl``.
     - ``genomic_teacher_steps=300`` [D] (paper: none): before fine-tuning, phi_G and the genomic risk head r_G
       are fitted on the training cases' real genomics alone, so what a case borrows is a trained genomic risk
       from the first step (r_G reached Spearman ~0.5 with the true risk inside MSRL, 0.72 pre-fitted on its
       own). Chosen by equal-budget tuning (``benchmarks/tune_equal_budget.py``, quick tier, seeds 0-4, three
       configurations per model, highest mean Spearman with the true risk): 0.441 against 0.416 without it.
+      Kept fixed after the pre-fit (``train_gene_encoder`` False, the WSI-only default since the fresh seeds
+      110-119, by a rule stated before running them): equal ranking to the trained teacher and the borrowing
+      that survives its shuffled-buffer control (``benchmarks/README.md``).
 
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D]; its retrieval keys are cached
@@ -127,8 +131,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         Graph edges from the WSI half of the node features only, or from all of them (the paper).
     distill_weight : float
         Weight of the MSE of the WSI-only logits to the case's own genomic-risk logits; 0 = off.
-    train_gene_encoder : bool
-        Fine-tune the genomic encoder (the target branch follows it by EMA), or keep it as pre-trained.
+    train_gene_encoder : bool or None
+        Fine-tune the genomic encoder (the target branch follows it by EMA), or keep it as pre-trained (and
+        pre-fitted); None = fine-tune only when the case's own genomics are read at test (``msrl_multi``).
     pretrain_epochs : int
         Epochs of stage-1 graph-structure pre-training per fit; 0 = none.
     pretrain_lr : float
@@ -172,7 +177,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         "genomic_teacher_steps": [Interval(Integral, 0, None, closed="left")],
         "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
         "similarity": [StrOptions(set(SIMILARITIES))],
-        "pretrain_transfer": [StrOptions(set(PRETRAIN_TRANSFERS))],
+        "pretrain_transfer": [StrOptions(set(PRETRAIN_TRANSFERS))], "train_gene_encoder": ["boolean", None],
         "candidate_keys": [StrOptions(set(KEY_DTYPES))],
     }
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
@@ -187,7 +192,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                  temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+case",
                  borrow: str = "genomic_risk", f_align: str = "genomic", genomic_teacher_weight: float = 1.0,
                  distill_weight: float = 1.0, similarity: str = "wsi", genomic_teacher_steps: int = 300,
-                 train_gene_encoder: bool = True,
+                 train_gene_encoder: bool | None = None,
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 32,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
                  anchor_tau: float = 0.999, anchor_init: str = "identity", pretrain_holdout: float = 0.15,
@@ -279,9 +284,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         if net.gene_encoder is not None:
             if net.genomic_head is not None and self.genomic_teacher_steps > 0 and not resuming:
                 self._prefit_teacher(net, data)
-            net.gene_encoder.requires_grad_(self.train_gene_encoder)
+            net.gene_encoder.requires_grad_(self._trains_gene_encoder())
             if net.genomic_head is not None and self.genomic_teacher_steps > 0:
-                net.genomic_head.requires_grad_(self.train_gene_encoder)
+                net.genomic_head.requires_grad_(self._trains_gene_encoder())
         if not resuming:
             self._initialise_buffer(net, data, eligible)
         target = make_target(net)  # its own phi_G copy: frozen [D], or the EMA of a trained online phi_G
@@ -294,6 +299,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                     extra_modules={"target": target})
         self._fit_coverage(data)
         return self
+
+    def _trains_gene_encoder(self) -> bool:
+        return self.genomics_at_test if self.train_gene_encoder is None else bool(self.train_gene_encoder)
 
     def _prefit_teacher(self, net: MSRLNetwork, data: CaseData) -> None:
         from ..nn.genomic_teacher import prefit_genomic_teacher
@@ -394,7 +402,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
             net.buffer.enqueue(feats, ids)
 
     def _ema_modules(self, net: MSRLNetwork) -> list[str]:
-        trained_gene_encoder = self.train_gene_encoder and net.gene_encoder is not None
+        trained_gene_encoder = self._trains_gene_encoder() and net.gene_encoder is not None
         return net.target_modules() + (["gene_encoder"] if trained_gene_encoder else [])
 
     # -- inference -----------------------------------------------------------------------------
