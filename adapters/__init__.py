@@ -1,9 +1,8 @@
 """Readers and writers for the files TRIDENT, CLAM, STAMP and friends produce (installed as msrl_plugin.adapters)."""
-from .bags import BagFile, BagReport, FileBagSource, inspect_bag, is_locked, read_bag, read_bag_attrs
+from .bags import BagFile, BagReport, FileBagSource, inspect_bag, is_locked, load_pt_bag, read_bag, read_bag_attrs
 from .clam import find_split_files, read_clam_dataset_csv, read_split_file, resolve_split_ids
 from .layouts import BagIndex, find_bags
 from .loader import load_clam_cohort, load_cohort
-from .safe_torch import load_pt_bag
 from .tables import ClinicalTable, read_clinical, read_genomics, read_table, strip_slide_extension
 from .validate import ValidationReport, format_report, format_reports, validate_folder, validate_tree
 

@@ -271,6 +271,11 @@ def _attr(ds: h5py.Dataset, name: str) -> Any:
         return _UNREADABLE
 
 
+def load_pt_bag(path: str | os.PathLike) -> np.ndarray:
+    """A ``.pt`` bag's features as checked ``(N, D) float32``, loaded without running pickled code."""
+    return read_bag(path, fmt="pt").features
+
+
 def read_bag_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The attributes of an h5 bag's ``coords`` (``patch_size_level0``, ...) as JSON-able Python values.
 

@@ -125,10 +125,3 @@ def load_pt_payload(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
             coords = _to_numpy(obj["coords"], path, "coords")
         obj = obj[key]
     return _to_numpy(obj, path, "features"), coords
-
-
-def load_pt_bag(path: str | os.PathLike) -> np.ndarray:
-    """A ``.pt`` bag's features as checked ``(N, D) float32``, loaded without running pickled code."""
-    from .bags import read_bag  # bags imports this module
-
-    return read_bag(path, fmt="pt").features

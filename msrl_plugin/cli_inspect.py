@@ -25,7 +25,7 @@ def list_models(params_of):
         click.echo("\n\n".join(format_parameters(name, get_aggregator_class(name)) for name in params_of))
         return
     for name in list_aggregators():
-        click.echo(f"{name:<22} {summary_line(get_aggregator_class(name))}")
+        click.echo(f"{name:<26} {summary_line(get_aggregator_class(name))}")
     click.echo("\nparameters and defaults: msrl-plugin list-models --params NAME")
 
 

@@ -98,6 +98,7 @@ def gsl_loss(model: GSLPretrainModel, batch, anchors: AnchorGraphs, settings: Pr
 
 
 INTER_LEVELS = ("graph", "node+graph")
+ANCHOR_INITS = ("identity", "knn")
 
 
 def split_holdout(data: CaseData, settings: PretrainSettings, generator: torch.Generator
@@ -151,6 +152,8 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
     """
     if settings.inter_level not in INTER_LEVELS:
         raise ValueError(f"inter_level must be one of {INTER_LEVELS}, got {settings.inter_level!r}")
+    if settings.anchor_init not in ANCHOR_INITS:  # a typo must not silently mean "identity"
+        raise ValueError(f"anchor_init must be one of {ANCHOR_INITS}, got {settings.anchor_init!r}")
     model.to(device).train()
     train_idx, held = split_holdout(data, settings, generator)
     anchors = AnchorGraphs(len(data), settings, model.stacks["H"].learner.k, device)

@@ -6,7 +6,6 @@ whose object is an :class:`~msrl_plugin.aggregators.base.Aggregator` subclass (o
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TypeVar
@@ -36,8 +35,7 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    importlib.import_module("msrl_plugin.aggregators")
+    _loaded = True  # the built-in aggregators registered themselves when msrl_plugin was imported
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         if isinstance(obj, type) and ep.name not in _REGISTRY:
@@ -64,8 +62,9 @@ def create_aggregator(name: str, **params):
     if unknown:
         raise MSRLPluginError(f"model {name!r} has no parameter(s) {unknown}",
                               fix=f"valid parameters: {', '.join(sorted(valid))}")
-    from .aggregators.base import check_params
+    from .aggregators.params import check_params
 
     model = cls(**params)
     check_params(model)
+    model._warn_ignored()
     return model

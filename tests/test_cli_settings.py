@@ -216,7 +216,10 @@ def test_plain_text_strips_rst():
     int
         Not a parameter.
     """
-    assert documented_parameters(doc) == {"a": "First sentence", "b": "First sentence", "c": "Uses x"}
+    assert documented_parameters(doc) == {"a": ("", "First sentence"), "b": ("", "First sentence"),
+                                          "c": ("", "Uses x")}
+    grouped = doc.replace("Returns\n    -------", "Stage 1 parameters\n    ------------------")
+    assert documented_parameters(grouped)["int"] == ("Stage 1", "Not a parameter")
 
 
 def test_unknown_model_for_params_is_one_error(capsys):

@@ -122,7 +122,7 @@ def test_kl_warmup_and_bad_choices(cohort):
     model = create_aggregator("cvae_fusion", kl_weight=2.0, kl_warmup=4)
     assert [model.kl_beta(e) for e in (0, 2, 4, 9)] == [0.0, 1.0, 2.0, 2.0]
     assert create_aggregator("cvae_fusion", kl_warmup=0).kl_beta(0) == 1.0
-    with pytest.raises(BadInputError, match="fusion='sum'"):
+    with pytest.raises(BadInputError, match="fusion must be a str among .*got 'sum'"):
         create_aggregator("recon_fusion", fusion="sum", **SMALL).fit(cohort)
     with pytest.raises(BadInputError, match="needs genomics"):
         create_aggregator("cvae_fusion", **SMALL).fit(without_genomics(cohort))

@@ -108,9 +108,9 @@ def test_fusion_impute_mean_keeps_cases_without_genomics(cohort):
 
 
 def test_bad_choices_and_no_genomics(cohort):
-    with pytest.raises(BadInputError, match="fusion='sum'"):
+    with pytest.raises(BadInputError, match="fusion must be a str among .*got 'sum'"):
         create_aggregator("fusion", fusion="sum", **SMALL_FUSION).fit(cohort)
-    with pytest.raises(BadInputError, match="missing_genomics='drop'"):
+    with pytest.raises(BadInputError, match="missing_genomics must be a str among .*got 'drop'"):
         create_aggregator("fusion", missing_genomics="drop", **SMALL_FUSION).fit(cohort)
     with pytest.raises(BadInputError, match="needs genomics"):
         create_aggregator("snn", **SMALL_SNN).fit(without_genomics(cohort))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msrl_plugin.nn import FeatureBuffer, graph_forward_mask
+from msrl_plugin.nn import FeatureBuffer
 
 
 def _rows(start, n, dim=3):
@@ -68,17 +68,3 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(fresh.exclusion_mask(["TCGA-01"]), buf.exclusion_mask(["TCGA-01"]))
     fresh.enqueue(torch.randn(1, 3), ["TCGA-05"])  # the restored vocabulary keeps working
     assert fresh.snapshot()[1].count("TCGA-05") == 1
-
-
-def test_graph_forward_mask_structure():
-    n, k = 3, 4
-    valid = torch.tensor([True, True, True, False])
-    excl = torch.zeros(n, k, dtype=torch.bool)
-    excl[1, 2] = True
-    m = graph_forward_mask(n, valid, excl)
-    assert m.shape == (7, 7) and torch.equal(m, m.t())
-    assert torch.equal(m[:n, :n], torch.eye(n, dtype=torch.bool))
-    assert not m[1, n + 2] and not m[n + 2, 1]
-    assert m[0, n + 2] and m[n + 0, n + 1]
-    assert torch.equal(m[n + 3], torch.eye(7, dtype=torch.bool)[n + 3])  # invalid row isolated
-    assert m.diagonal().all()

@@ -11,11 +11,8 @@ from msrl_plugin.nn import (
     GraphLearner,
     KNNGraph,
     ProjectionHead,
-    candidate_nodes,
-    graph_forward_mask,
     knn_graph,
     symmetric_normalise,
-    topk_candidates,
     topk_selection,
 )
 
@@ -126,34 +123,6 @@ def test_euclidean_knn_selects_nearest_by_distance():
 def test_cosine_knn_equals_untrained_single_layer_learner():
     x = torch.randn(25, 6)
     torch.testing.assert_close(knn_graph(x, 3).adj, GraphLearner(6, n_layers=1, k=3)(x).adj)
-
-
-def test_topk_candidates_equal_dense_topk():
-    q, keys = torch.randn(7, 5), torch.randn(50, 5)
-    dense = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(keys, dim=1).t()
-    cand = topk_candidates(q, keys, 6, block_size=8)
-    assert torch.equal(cand, dense.topk(6, dim=1).indices)
-    assert torch.equal(topk_candidates(q, keys, 100, block_size=8), dense.topk(50, dim=1).indices)
-    allowed = torch.rand(7, 50) < 0.6
-    cand = topk_candidates(q, keys, 4, block_size=8, allowed=allowed)
-    assert allowed.gather(1, cand).all()
-    assert torch.equal(cand, dense.masked_fill(~allowed, -math.inf).topk(4, dim=1).indices)
-
-
-def test_candidate_graph_equals_dense_graph_when_m_ge_k():
-    b, n_keys = 4, 20
-    q, keys = torch.randn(b, 8), torch.randn(n_keys, 8)
-    valid = torch.ones(n_keys, dtype=torch.bool)
-    excl = torch.zeros(b, n_keys, dtype=torch.bool)
-    excl[0, 3] = True
-    learner = GraphLearner(8, k=3)
-    dense = learner(torch.cat([q, keys]), graph_forward_mask(b, valid, excl)).adj
-    cand = topk_candidates(learner.embed(q), learner.embed(keys), n_keys, block_size=6, allowed=~excl)
-    idx = candidate_nodes(cand)
-    assert torch.equal(idx, torch.arange(n_keys))
-    sub = learner(torch.cat([q, keys[idx]]), graph_forward_mask(b, valid[idx], excl[:, idx])).adj
-    rows = torch.cat([torch.arange(b), b + idx])
-    torch.testing.assert_close(sub, dense[rows][:, rows])
 
 
 def _hand_gcn(gcn, x, adj):

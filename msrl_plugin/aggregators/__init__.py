@@ -3,16 +3,17 @@ from .abmil import ABMILAggregator
 from .base import Aggregator
 from .generated import CVAEFusionAggregator, ReconFusionAggregator
 from .msrl import MSRLAggregator
-from .msrl_variants import (
-                            MSRLHAggregator,
-                            MSRLKNNCosine,
-                            MSRLKNNEuclidean,
-                            MSRLMultiAggregator,
-                            MSRLOnlineBuffer,
-                            MSRLRandomGSL,
+from .msrl_forms import (
+    MSRLHAggregator,
+    MSRLKNNCosine,
+    MSRLKNNEuclidean,
+    MSRLMultiAggregator,
+    MSRLOnlineBuffer,
+    MSRLPaperAggregator,
+    MSRLRandomGSL,
 )
 from .multimodal import LateFusionAggregator, SNNAggregator
 
 __all__ = ["Aggregator", "ABMILAggregator", "MSRLAggregator", "SNNAggregator", "LateFusionAggregator",
            "ReconFusionAggregator", "CVAEFusionAggregator", "MSRLHAggregator", "MSRLMultiAggregator",
-           "MSRLKNNEuclidean", "MSRLKNNCosine", "MSRLRandomGSL", "MSRLOnlineBuffer"]
+           "MSRLKNNEuclidean", "MSRLKNNCosine", "MSRLRandomGSL", "MSRLOnlineBuffer", "MSRLPaperAggregator"]

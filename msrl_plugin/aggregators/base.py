@@ -112,6 +112,9 @@ class Aggregator(BaseEstimator):
         """Logits ``(B, n_outputs)`` for a batch."""
         raise NotImplementedError
 
+    def _warn_ignored(self) -> None:
+        """Warn for each keyword set to a value that this combination of keywords never reads."""
+
     def _training_loss(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
         return self.task_.loss(self._forward(model, batch).float(), batch.targets)
 
@@ -126,6 +129,7 @@ class Aggregator(BaseEstimator):
     def _prepare_fit(self, cohort: Cohort) -> CaseData:
         """Seed, fit the task (bins/classes) and genomics scaler on these training cases, load their data."""
         check_params(self)
+        self._warn_ignored()
         self._generator = seed_everything(self.seed)
         self.task_ = make_task(cohort.task, getattr(self, "n_bins", 4), getattr(self, "alpha_surv", 0.0))
         self.task_.fit(cohort)

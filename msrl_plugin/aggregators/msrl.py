@@ -1,16 +1,15 @@
 """MSRL: GSL pre-training, dual-branch EMA fine-tuning with a real-feature buffer, WSI-only inference.
 
-Variants and ablations (method.md §6) are subclasses that change one class attribute each.
+The named forms (``msrl_paper``, variants and ablations over both) are in :mod:`.msrl_forms`; the keywords'
+constraints and combination checks in :mod:`.msrl_params`.
 """
 from __future__ import annotations
 
 import json
 import time
-from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from .. import distributed
@@ -20,18 +19,15 @@ from ..errors import CheckpointError
 from ..nn.ema import ema_update, make_target
 from ..nn.gsl_pretrain import GSLPretrainModel
 from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
-from ..nn.msrl import BORROW, READOUTS, SIMILARITIES, MSRLNetwork
-from ..nn.retrieval import KEY_DTYPES
-from ..pretrain import INTER_LEVELS, PretrainSettings, pretrain_gsl
+from ..nn.msrl import MSRLNetwork
+from ..pretrain import PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
-from .base import PARAMETER_CONSTRAINTS, Aggregator, store_init_args
+from .base import Aggregator, store_init_args
 from .msrl_coverage import BufferCoverageMixin
+from .msrl_params import MSRL_CONSTRAINTS, warn_ignored
 
-#: what fine-tuning may inherit from stage 1 (``pretrain_transfer``)
-PRETRAIN_TRANSFERS = ("all", "graph", "wsi+graph")
-
-#: the values of the keywords added in 0.2 that reproduce the earlier network (checkpoints without them)
+#: the values that checkpoints written before these keywords existed were trained with (they load unchanged)
 LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
                  "genomic_teacher_weight": 1.0, "distill_weight": 0.0, "pretrain_holdout": 0.0,
                  "genomic_teacher_steps": 0, "pretrain_transfer": "all"}
@@ -39,101 +35,100 @@ LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "p
 
 @register_aggregator("msrl")
 class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
-    """MSRL: train with WSI + genomics, infer from the WSI by borrowing from a buffer of real cases.
+    """MSRL, the project's design: trains on WSI + genomics, predicts from the WSI by borrowing real genomics.
 
     Stage 1 (``pretrain_epochs`` > 0, on the training cases only, or ``pretrained`` = a checkpoint from
-    ``msrl-plugin pretrain``): GSL pre-training. Stage 2: online branch (phi_H + inductor -> graph
-    forward with the buffer -> head) and EMA target branch (real genomics), losses
-    L_f_align + L_g_align + L_s_align (weighted by ``align_weight``) + L_task; the buffer is initialised
-    with real training-case features and updated FIFO with target features. Defaults: method.md §11
-    ([P] paper, [S] SUBLIME, [D] default): k 10 [D], EMA 0.99 [D], buffer 256 [D], tau 0.2 [S/D],
-    fine-tuning Adam lr 1e-3 / wd 1e-5 / 30 epochs / batch 8 [D; method.md suggests 1e-4 / batch 32, which
-    leaves MSRL untrained on cohorts of ~100 cases (a few dozen steps): measured in the benchmark],
-    embed_dim 256 [D; paper 768].
+    ``msrl-plugin pretrain``): GSL pre-training. Stage 2: online branch (phi_H + inductor -> graph forward with
+    the buffer -> head) and EMA target branch (real genomics), losses L_f_align + L_g_align + L_s_align
+    (weighted by ``align_weight``) + L_task; the buffer is initialised with real training-case features and
+    updated FIFO with target features. Inference reads the WSI only.
 
-    Departures from the paper's form, each a keyword whose paper value stays available (why: the measured
-    diagnosis of issue 11 and ``benchmarks/README.md``, section "MSRL, second design"):
+    This class is the ``msrl`` form; ``msrl_paper`` is the paper's form, and every variant and ablation is a
+    named form over both (``aggregators/msrl_forms.py``, ``msrl-plugin list-models``). Each default carries
+    its provenance tag ([P] paper, [S] SUBLIME, [B] baseline repos, [D] ours; ``list-models --params``).
+    Where the project's design departs from the paper, the paper's value stays one keyword away (or
+    ``--model msrl_paper``). Why each departure, in words (the measurements, with their commands and seeds,
+    are in ``benchmarks/README.md``, sections "MSRL, second design" and "Method benchmark"):
 
-    - ``readout="node+case"`` [D] (paper: ``"node"``): the head reads concat(z, f), a skip connection; the case
-      node keeps ~0.15 of its own weight in its graph, so a head on z reads mostly neighbours.
-    - ``borrow="genomic_risk"`` [D] (paper: ``"none"``): a genomic risk head r_G, trained on the training
-      cases' real genomic embeddings (``genomic_teacher_weight``), scores every buffer row's real genomics;
-      the case's borrowed risk is the edge-weighted mean over its buffer neighbours. The prediction is the
-      mean of the head's logits and the borrowed ones, each trained on the task alone (joined training let
-      the head cancel the borrowed term). The shuffled-buffer control permutes exactly what is borrowed.
-    - ``f_align="genomic"`` [D] (paper: ``"paper"``, InfoNCE over concat(g, h), which the h halves satisfy
-      alone): the inductor's g~ against the case's real g^, the buffer's other real genomics as negatives.
-    - ``pretrain_inter_level="node+graph"`` [D] (``"graph"``): L_inter also aligns phi_H(X_I) with
-      phi_G(X_G) before the graph (the graph-level term alone did not move in 150 steps);
-      ``pretrain_batch_size=32`` [D] for enough optimiser steps on small cohorts; ``pretrain_holdout`` cases
-      score WSI -> genomics retrieval every epoch (``pretrain_history_``).
-    - ``similarity="wsi"`` [D] (paper: ``"fused"``): edges from the WSI half h only, so a case borrows the
-      real genomics of cases that look alike. Over concat(g~, h) with g~ aligned to real g, the graph links
-      cases of similar genomics and a shuffled buffer borrows the same values (the control measured nothing).
-    - ``distill_weight=1`` [D] (paper: 0): MSE of the WSI-only logits to the case's own genomic-risk logits
-      r_G(phi_G(X_G)), a dense training target for every case (the output level of the layer-wise alignment).
-    - ``train_gene_encoder=None`` [D] (spec: frozen): frozen for WSI-only inference, fine-tuned for
-      ``msrl_multi`` (which reads the case's own genomics at test; trained phi_G let it reach late fusion in the
-      diagnosis). With ``True`` phi_G is fine-tuned through the genomic risk head and the target branch
-      follows it by EMA; before 0.2 phi_G was shared with the target, whose eval() disabled its dropout, and
-      this flag did nothing for ``msrl``.
-    - ``genomic_teacher_steps=300`` [D] (paper: none): before fine-tuning, phi_G and the genomic risk head r_G
-      are fitted on the training cases' real genomics alone, so what a case borrows is a trained genomic risk
-      from the first step (r_G reached Spearman ~0.5 with the true risk inside MSRL, 0.72 pre-fitted on its
-      own). Chosen by equal-budget tuning (``benchmarks/tune_equal_budget.py``, quick tier, seeds 0-4, three
-      configurations per model, highest mean Spearman with the true risk): 0.441 against 0.416 without it.
-      Kept fixed after the pre-fit (``train_gene_encoder`` False, the WSI-only default since the fresh seeds
-      110-119, by a rule stated before running them): equal ranking to the trained teacher and the borrowing
-      that survives its shuffled-buffer control (``benchmarks/README.md``).
+    - ``readout="node+case"`` (paper ``"node"``): the case node keeps a small share of its own weight in its
+      graph, so a head on z alone reads mostly neighbours; the skip connection keeps the case's own features.
+    - ``borrow="genomic_risk"`` (paper ``"none"``): a genomic risk head r_G scores every buffer row's real
+      genomics and the case adds the edge-weighted mean over its buffer neighbours; the prediction is the mean
+      of the head's logits and the borrowed ones, each trained on the task alone (trained jointly, the head
+      cancelled the borrowed term). This is the path the shuffled-buffer control tests.
+    - ``f_align="genomic"`` (paper ``"paper"``: InfoNCE over concat(g, h), which the h halves satisfy alone):
+      the inductor's g~ against the case's real g^, the buffer's other real genomics as negatives.
+    - ``similarity="wsi"`` (paper ``"fused"``): edges from h only, so a case borrows the real genomics of
+      cases that look alike; over the fused features a shuffled buffer borrowed the same values.
+    - ``distill_weight=1`` (paper 0): the WSI-only logits follow the case's own genomic-risk logits.
+    - ``genomic_teacher_steps=300`` (paper: no teacher): phi_G and r_G are fitted on the training cases' real
+      genomics before fine-tuning (the winner of the equal-budget tuning on seeds 0-4), then kept fixed for
+      WSI-only inference (``train_gene_encoder=None``: fine-tuned only when the case's own genomics are read
+      at test, ``msrl_multi``), the setting whose borrowing survived its control on fresh seeds.
+    - Stage 1: ``pretrain_inter_level="node+graph"`` (paper ``"graph"``; the graph-level term alone did not
+      move on small cohorts), ``pretrain_batch_size=32`` for enough optimiser steps, ``pretrain_holdout``
+      cases that score WSI -> genomics retrieval every epoch (``pretrain_history_``).
+    - ``embed_dim=256`` (paper 768), fine-tuning lr 1e-3 / batch 8 (method.md 1e-4 / 32 left MSRL untrained
+      on cohorts of ~100 cases): CPU-sized training.
+
+    Known limitation (issue 21): a training case's own buffer row is removed only as a direct edge of its
+    graph; it still reaches the case through two hops of the GCN.
 
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
-    of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows [D]; its retrieval keys are cached
-    in float16 and the shortlist re-scored in float32 (``candidate_keys``) [D: retrieval is memory-bound].
+    of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows.
 
-    Parameters
-    ----------
+    Architecture parameters
+    -----------------------
     embed_dim : int
         Width d of the WSI and genomic embeddings (graph nodes are 2d when fused).
     attn_dim : int or None
-        Width of the gated-attention branches; None = embed_dim.
+        Width of the gated-attention branches; None = embed_dim // 2.
     k : int
         Neighbours per node in the case graph.
     learner_layers : int
-        Layers of the graph learner.
-    learner_activation : str
-        Activation of the graph learner.
+        Layers of the graph learner (learned graph only).
+    learner_activation : {"tanh", "relu"}
+        Activation between the graph learner's layers (learned graph only).
     gcn_dropout : float
         Dropout inside the graph convolution.
-    snn_activation : str
-        Activation of the genomic SNN encoder.
+    dropout : float
+        Dropout of the WSI encoder, the genomic encoder and the inductor.
+    snn_activation : {"selu", "elu"}
+        Activation of the genomic SNN encoder and the inductor.
+    readout : {"node", "node+wsi", "node+case"}
+        What the task head reads: the post-graph node embedding z, concat(z, h), or concat(z, f) with the
+        case's own node features f (a skip connection).
+    borrow : {"genomic_risk", "none"}
+        Add the edge-weighted genomic risk of the case's buffer neighbours (their real genomics) to the head.
+    similarity : {"wsi", "fused"}
+        Graph edges from the WSI half of the node features only, or from all of them (the paper).
+
+    Stage 2 (fine-tuning) parameters
+    --------------------------------
     buffer_size : int
         Rows of real training-case features kept in the buffer.
     ema_momentum : float
-        Momentum of the EMA target branch and the buffer update.
+        Momentum of the EMA target branch (the buffer itself is plain FIFO).
     temperature : float
         InfoNCE temperature of the alignment losses.
     align_weight : float
         Weight of the three alignment losses against the task loss.
-    readout : {"node", "node+wsi", "node+case"}
-        What the task head reads: the post-graph node embedding z, concat(z, h), or concat(z, f) with the
-        case's own node features f (a skip connection; default).
-    borrow : {"genomic_risk", "none"}
-        Add the edge-weighted genomic risk of the case's buffer neighbours (their real genomics) to the head.
     f_align : {"genomic", "paper"}
         L_f_align between the inductor's genomics and the case's real ones (buffer negatives), or the paper's
         InfoNCE over the whole node features.
     genomic_teacher_weight : float
-        Weight of the task loss of the genomic risk head on the training cases' real genomics.
+        Weight of the task loss of the genomic risk head on the training cases' real genomics (borrow only).
     genomic_teacher_steps : int
         Before fine-tuning, fit phi_G and r_G on the training cases' real genomics alone for this many Adam
-        steps; with ``train_gene_encoder=False`` both then stay fixed. 0 = off (the earlier behaviour).
-    similarity : {"wsi", "fused"}
-        Graph edges from the WSI half of the node features only, or from all of them (the paper).
+        steps (borrow only); 0 = no teacher.
     distill_weight : float
-        Weight of the MSE of the WSI-only logits to the case's own genomic-risk logits; 0 = off.
+        Weight of the MSE of the WSI-only logits to the case's own genomic-risk logits (borrow only); 0 = off.
     train_gene_encoder : bool or None
         Fine-tune the genomic encoder (the target branch follows it by EMA), or keep it as pre-trained (and
         pre-fitted); None = fine-tune only when the case's own genomics are read at test (``msrl_multi``).
+
+    Stage 1 (graph-structure pre-training) parameters
+    -------------------------------------------------
     pretrain_epochs : int
         Epochs of stage-1 graph-structure pre-training per fit; 0 = none.
     pretrain_lr : float
@@ -146,7 +141,7 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         Edge-dropout rate in pre-training.
     anchor_tau : float
         Structure-bootstrapping rate of the anchor graph in pre-training.
-    anchor_init : str
+    anchor_init : {"identity", "knn"}
         Initial anchor graph of pre-training.
     pretrain_holdout : float
         Share of the cases with genomics held out of pre-training to score WSI -> genomics retrieval.
@@ -157,34 +152,27 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         the graph learner and the GCN, or those and the WSI encoder (phi_G starts at random).
     pretrained : str or None
         A stage-1 checkpoint from ``msrl-plugin pretrain`` to start from instead of pre-training.
+
+    Scaling parameters
+    ------------------
     buffer_candidates : int or None
         Build each case's graph over its top-m buffer rows only (for buffers of 1e4+ rows); None = all.
-    candidate_search : str
-        How the top-m candidates are searched (torch, or faiss when installed).
-    propagation : str
-        Graph propagation over the buffer (dense, or sparse over the candidates).
+    candidate_search : {"torch", "faiss"}
+        How the top-m candidates are searched (exact either way; faiss when installed).
+    propagation : {"dense", "pyg"}
+        How the GCN propagates: batched dense products, or torch-geometric's message passing (equal results).
     candidate_keys : {"float16", "float32"}
         Storage of the cached retrieval keys of ``buffer_candidates``: float16 (a shortlist of 2m rows, then
         exact float32 re-scoring) or float32 (every score exact).
     """
 
-    _parameter_constraints: ClassVar[dict] = {
-        **PARAMETER_CONSTRAINTS,
-        "readout": [StrOptions(set(READOUTS))], "borrow": [StrOptions(set(BORROW))],
-        "f_align": [StrOptions({"genomic", "paper"})], "pretrain_inter_level": [StrOptions(set(INTER_LEVELS))],
-        "genomic_teacher_weight": [Interval(Real, 0, None, closed="left")],
-        "distill_weight": [Interval(Real, 0, None, closed="left")],
-        "genomic_teacher_steps": [Interval(Integral, 0, None, closed="left")],
-        "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
-        "similarity": [StrOptions(set(SIMILARITIES))],
-        "pretrain_transfer": [StrOptions(set(PRETRAIN_TRANSFERS))], "train_gene_encoder": ["boolean", None],
-        "candidate_keys": [StrOptions(set(KEY_DTYPES))],
-    }
+    _parameter_constraints: ClassVar[dict] = MSRL_CONSTRAINTS
     modality = "fused"          # nodes concat(g, h); "wsi" for MSRL_H
     graph = "learned"           # or a static kNN graph (ablations)
     buffer_source = "target"    # "online" for the online-buffer ablation
     use_pretraining = True      # False for the random-GSL ablation
     uses_genomics = True
+    change: ClassVar[str | None] = None  # the component a named form changes against its base (msrl_forms)
 
     def __init__(self, embed_dim: int = 256, attn_dim: int | None = None, k: int = 10, learner_layers: int = 2,
                  learner_activation: str = "tanh", gcn_dropout: float = 0.25, dropout: float = 0.25,
@@ -204,6 +192,9 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                  buffer_candidates: int | None = None, candidate_search: str = "torch",
                  propagation: str = "dense", candidate_keys: str = "float16", precision: str = "auto"):
         store_init_args(self, locals())
+
+    def _warn_ignored(self) -> None:
+        warn_ignored(self)
 
     # -- modules -------------------------------------------------------------------------------
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> MSRLNetwork:

@@ -21,8 +21,7 @@ from ..nn.snn import SNN
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
 from .base import Aggregator, store_init_args
-
-MISSING_GENOMICS = ("error", "impute_mean")
+from .params import MISSING_GENOMICS
 
 
 def check_choice(model: str, key: str, value: object, choices: tuple[str, ...]) -> None:

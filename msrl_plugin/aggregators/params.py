@@ -10,8 +10,12 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 
 from ..errors import BadInputError, CheckpointError
+from ..nn.fusion import FUSIONS
+from ..nn.snn import ACTIVATIONS as SNN_ACTIVATIONS
 
 _DAMAGED_FIX = "re-save the model with msrl-plugin train"
+#: what a genomics-reading model does with cases that lack genomics (``missing_genomics``)
+MISSING_GENOMICS = ("error", "impute_mean")
 
 
 def _ints(low: int) -> list:
@@ -38,6 +42,10 @@ PARAMETER_CONSTRAINTS: dict[str, list] = {
     **{name: _reals(0, 1, closed="both") for name in ("alpha_surv", "ema_momentum", "anchor_tau")},
     **{name: ["boolean"] for name in ("weighted_sample", "verbose", "train_gene_encoder")},
     "precision": [StrOptions({"auto", "fp32", "bf16"})],
+    "fusion": [StrOptions(set(FUSIONS))], **{name: [StrOptions(set(SNN_ACTIVATIONS))] for name in ("snn_activation", "activation")},
+    "missing_genomics": [StrOptions(set(MISSING_GENOMICS))],
+    # one GPU of up to 16 by index; the CLI offers auto/cpu/cuda
+    "device": [StrOptions({"auto", "cpu", "cuda"} | {f"cuda:{i}" for i in range(16)})],
 }
 #: the train flag of a hyper-parameter (others are given as --param NAME=VALUE)
 PARAMETER_FLAGS = {"max_epochs": "--max-epochs", "lr": "--lr", "reg": "--reg", "dropout": "--drop-out",

@@ -1,18 +1,16 @@
 """Pure torch modules of MSRL: they compute, and know nothing of files or CLIs."""
 
-from msrl_plugin.nn.buffer import FeatureBuffer, graph_forward_mask
+from msrl_plugin.nn.buffer import FeatureBuffer
 from msrl_plugin.nn.ema import ema_update, make_target
 from msrl_plugin.nn.gcn import GCN, ProjectionHead
 from msrl_plugin.nn.graph_learner import (
     GraphLearner,
     KNNGraph,
     LearnedGraph,
-    candidate_nodes,
     cosine_similarity_matrix,
     knn_graph,
     sparsify_and_normalise,
     symmetric_normalise,
-    topk_candidates,
     topk_selection,
 )
 from msrl_plugin.nn.losses import balanced_bce, info_nce
@@ -27,15 +25,12 @@ __all__ = [
     "LearnedGraph",
     "ProjectionHead",
     "balanced_bce",
-    "candidate_nodes",
     "cosine_similarity_matrix",
     "ema_update",
-    "graph_forward_mask",
     "info_nce",
     "knn_graph",
     "make_target",
     "sparsify_and_normalise",
     "symmetric_normalise",
-    "topk_candidates",
     "topk_selection",
 ]

@@ -114,25 +114,3 @@ class FeatureBuffer(nn.Module):
 
     def __len__(self) -> int:
         return int(self.valid.sum())
-
-
-def graph_forward_mask(n_current: int, buffer_valid: torch.Tensor, exclusion: torch.Tensor) -> torch.Tensor:
-    """Allowed-edge mask over the node set [current (n); buffer (K)] of the MSRL graph forward (§5.2) [D].
-
-    - current <-> current: forbidden except self loops (mask 1: no batch coupling, as at test time);
-    - current <-> buffer row of the same case: forbidden in both directions (mask 2: no self-leakage);
-    - invalid (empty) buffer rows: isolated, only their self loop;
-    - buffer <-> buffer (valid): allowed.
-
-    Args: buffer_valid (K,) bool; exclusion (n, K) bool from :meth:`FeatureBuffer.exclusion_mask`.
-    Returns a symmetric (n + K, n + K) bool mask, True = edge allowed.
-    """
-    k = buffer_valid.shape[0]
-    if exclusion.shape != (n_current, k):
-        raise ValueError(f"exclusion must be ({n_current}, {k}), got {tuple(exclusion.shape)}")
-    dev = buffer_valid.device
-    cur_buf = ~exclusion & buffer_valid[None, :]
-    buf_buf = (buffer_valid[:, None] & buffer_valid[None, :]) | torch.eye(k, dtype=torch.bool, device=dev)
-    top = torch.cat([torch.eye(n_current, dtype=torch.bool, device=dev), cur_buf], dim=1)
-    bottom = torch.cat([cur_buf.t(), buf_buf], dim=1)
-    return torch.cat([top, bottom], dim=0)

@@ -35,6 +35,7 @@ READOUTS = ("node", "node+wsi", "node+case")
 BORROW = ("none", "genomic_risk")
 SIMILARITIES = ("fused", "wsi")
 CANDIDATE_SEARCH = ("torch", "faiss")
+PROPAGATIONS = ("dense", "pyg")
 _EMBED_BLOCK = 8192  # buffer rows embedded at a time when the retrieval keys are (re)built
 
 
@@ -132,8 +133,8 @@ class MSRLNetwork(nn.Module):
         if candidate_keys not in KEY_DTYPES:
             raise ValueError(f"candidate_keys must be one of {KEY_DTYPES}, got {candidate_keys!r}")
         self.candidate_keys = candidate_keys
-        if propagation not in ("dense", "pyg"):
-            raise ValueError(f"propagation must be 'dense' or 'pyg', got {propagation!r}")
+        if propagation not in PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
         self.propagation = propagation
         if buffer_candidates is not None and int(buffer_candidates) < 1:
             raise ValueError(f"buffer_candidates must be None or >= 1, got {buffer_candidates}")

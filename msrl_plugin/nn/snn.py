@@ -9,7 +9,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-_ACTIVATIONS = {"selu": nn.SELU, "elu": nn.ELU}
+ACTIVATIONS = {"selu": nn.SELU, "elu": nn.ELU}
 
 
 class SNN(nn.Module):
@@ -38,8 +38,8 @@ class SNN(nn.Module):
         activation: str = "selu",
     ):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if len(hidden_dims) == 0:
             raise ValueError("hidden_dims must name at least one block")
         self.in_dim = in_dim
@@ -47,7 +47,7 @@ class SNN(nn.Module):
         blocks: list[nn.Module] = []
         dims = [in_dim, *hidden_dims]
         for d_in, d_out in pairwise(dims):
-            blocks += [nn.Linear(d_in, d_out), _ACTIVATIONS[activation](), nn.AlphaDropout(dropout)]
+            blocks += [nn.Linear(d_in, d_out), ACTIVATIONS[activation](), nn.AlphaDropout(dropout)]
         self.net = nn.Sequential(*blocks)
         self.reset_parameters()
 
