@@ -1,7 +1,7 @@
 """Training precision: ``"auto"`` picks bfloat16 autocast only where the hardware runs it natively.
 
 bf16 autocast halves the arithmetic of the patch encoders on CPUs with AVX512-BF16 or AMX and on CUDA GPUs
-with bf16 support (measured 2.3x per ABMIL epoch on an AVX512-BF16 CPU, ``benchmarks/README.md``); on a CPU
+with bf16 support (speed-ups in ``benchmarks/README.md``, "Training speed and buffer retrieval"); on a CPU
 without them (e.g. AVX2 only) torch emulates bf16 and it is slower than float32, so ``"auto"`` stays float32.
 Weights, optimiser state, losses and predictions are float32 in every mode.
 """

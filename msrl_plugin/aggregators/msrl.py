@@ -6,7 +6,6 @@ constraints and combination checks in :mod:`.msrl_params`.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, ClassVar
 
 import torch
@@ -15,17 +14,15 @@ from torch import nn
 from .. import distributed
 from ..batching import BagBatch, CaseData, batches, collate
 from ..cohort import Cohort
-from ..errors import CheckpointError
 from ..nn.ema import ema_update, make_target
-from ..nn.gsl_pretrain import GSLPretrainModel
 from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
 from ..nn.msrl import MSRLNetwork
-from ..pretrain import PretrainSettings, pretrain_gsl
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
 from .base import Aggregator, store_init_args
 from .msrl_coverage import BufferCoverageMixin
 from .msrl_params import MSRL_CONSTRAINTS, warn_ignored
+from .msrl_stage1 import Stage1Mixin
 
 #: the values that checkpoints written before these keywords existed were trained with (they load unchanged)
 LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
@@ -34,7 +31,7 @@ LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "p
 
 
 @register_aggregator("msrl")
-class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
+class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregator):
     """MSRL, the project's design: trains on WSI + genomics, predicts from the WSI by borrowing real genomics.
 
     Stage 1 (``pretrain_epochs`` > 0, on the training cases only, or ``pretrained`` = a checkpoint from
@@ -205,53 +202,6 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                            self.buffer_candidates, self.candidate_search, self.propagation,
                            self.borrow if self.modality == "fused" else "none", self.similarity,
                            getattr(self, "candidate_keys", "float16"))
-
-    def _pretrain_model(self, feature_dim: int, genomics_dim: int) -> GSLPretrainModel:
-        return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,
-                                self.attn_dim, self.modality, self.k, self.learner_layers,
-                                self.learner_activation, dropedge=self.dropedge, dropout=self.dropout,
-                                snn_activation=self.snn_activation)
-
-    def pretrain(self, data: CaseData, progress: bool | None = None) -> GSLPretrainModel:
-        """Stage 1 on ``data`` (training cases only); the result is kept in ``pretrain_history_``."""
-        model = self._pretrain_model(self.feature_dim_, len(self.genomics_columns_))
-        settings = PretrainSettings(self.pretrain_epochs, self.pretrain_lr, self.pretrain_batch_size,
-                                    self.maskfeat_rate_learner, self.maskfeat_rate_anchor, self.anchor_tau,
-                                    self.anchor_init, self.temperature, self.max_patches,
-                                    inter_level=self.pretrain_inter_level, holdout=self.pretrain_holdout)
-        show = self.verbose if progress is None else progress
-        start = time.perf_counter()
-        self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show)
-        self.pretrain_seconds_ = time.perf_counter() - start
-        return model
-
-    def _load_pretrained(self) -> GSLPretrainModel:
-        from ..pretrain_io import read_pretrained
-
-        ckpt = read_pretrained(self.pretrained)
-        if ckpt["feature_dim"] != self.feature_dim_ or ckpt["genomics_columns"] != self.genomics_columns_:
-            raise CheckpointError("pre-trained model was trained on other features or genomic columns",
-                                  self.pretrained, "pre-train on the same feature and genomics tables")
-        model = self._pretrain_model(self.feature_dim_, len(self.genomics_columns_))
-        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-        if unexpected or any(not k.startswith("cross.") for k in missing):  # older files lack only `cross`
-            raise CheckpointError("pre-trained model does not match this MSRL configuration", self.pretrained,
-                                  "pre-train again with the same embed_dim, k and modality")
-        self.pretrain_history_ = []
-        return model
-
-    def _transfer(self, pre: GSLPretrainModel, net: MSRLNetwork, learned_graph: bool) -> None:
-        """Initialise the online modules from stage 1 (the inductor and head start at random) [P];
-        ``pretrain_transfer`` keeps the encoders it names out at their random initialisation."""
-        if self.pretrain_transfer in ("all", "wsi+graph"):
-            net.wsi_encoder.load_state_dict(pre.wsi_encoder.state_dict())
-        if net.gene_encoder is not None and self.pretrain_transfer == "all":
-            net.gene_encoder.load_state_dict(pre.gene_encoder.state_dict())
-        net.gcn.load_state_dict(pre.finetune_stack.gcn.state_dict())
-        if learned_graph:  # a learner over the WSI half takes the trailing block of the fused learner's weights
-            start = net.graph_learner.start
-            net.graph_learner.load_state_dict({name: w[start:] for name, w in
-                                               pre.finetune_stack.learner.state_dict().items()})
 
     # -- fit -----------------------------------------------------------------------------------
     def _eligible(self, has_genomics: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,8 @@ PARAMETER_CONSTRAINTS: dict[str, list] = {
     **{name: _reals(0, 1, closed="both") for name in ("alpha_surv", "ema_momentum", "anchor_tau")},
     **{name: ["boolean"] for name in ("weighted_sample", "verbose", "train_gene_encoder")},
     "precision": [StrOptions({"auto", "fp32", "bf16"})],
-    "fusion": [StrOptions(set(FUSIONS))], **{name: [StrOptions(set(SNN_ACTIVATIONS))] for name in ("snn_activation", "activation")},
+    "fusion": [StrOptions(set(FUSIONS))],
+    **{name: [StrOptions(set(SNN_ACTIVATIONS))] for name in ("snn_activation", "activation")},
     "missing_genomics": [StrOptions(set(MISSING_GENOMICS))],
     # one GPU of up to 16 by index; the CLI offers auto/cpu/cuda
     "device": [StrOptions({"auto", "cpu", "cuda"} | {f"cuda:{i}" for i in range(16)})],

@@ -17,7 +17,8 @@ class GatedAttentionPool(nn.Module):
 
     Speed [D, same function as CLAM's layers]: the two attention branches run as one GEMM over their stacked
     weights (parameters and state_dict keep CLAM's two ``Linear`` layers), and dropout masks come from
-    :class:`~msrl_plugin.nn.dropout.FastDropout` (the CPU ``bernoulli_`` mask was 15-21% of a training step).
+    :class:`~msrl_plugin.nn.dropout.FastDropout` (the CPU ``bernoulli_`` mask was a large share of a profiled
+    step, ``benchmarks/README.md``).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, attn_dim: int = 256, dropout: float = 0.25,

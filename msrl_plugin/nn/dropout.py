@@ -1,8 +1,8 @@
 """Dropout whose CPU mask costs a fraction of ``torch.nn.Dropout``'s (the same Bernoulli(1 - p) keep mask).
 
-On CPUs ``F.dropout`` draws its mask with ``bernoulli_``, about 15 ns per element: profiled, 15-21% of an
-ABMIL training step (``benchmarks/bench_training_speed.py --profile``). Here the mask comes from 16 random
-bits per element (``random_`` on int32 words seen as int16 pairs, ~4x cheaper), compared with
+On CPUs ``F.dropout`` draws its mask with ``bernoulli_``, a large share of a profiled ABMIL training step
+(``benchmarks/bench_training_speed.py --profile``; ``benchmarks/README.md``). Here the mask comes from 16
+random bits per element (``random_`` on int32 words seen as int16 pairs, several times cheaper), compared with
 ``round((1 - p) * 2**16)``: keep probabilities are exact to 1/65536 (0.75 exactly for CLAM's p = 0.25).
 Kept entries are scaled by 1 / (1 - p) as in ``nn.Dropout``; on other devices ``F.dropout`` is used as is.
 """

@@ -1,9 +1,9 @@
 """Pre-fitting MSRL's genomic risk head r_G (with phi_G) on the training cases' real genomics.
 
-Inside fine-tuning, r_G sees batches of 8 noisy survival targets and stayed weak on the cases' own genomics
-(Spearman ~0.5 with the true risk on the quick tier); fitted first on the genomics alone, where a step costs
-microseconds, it reaches ~0.68 (``benchmarks/README.md``). What the buffer lends and what the WSI-only
-prediction is distilled to are then a stronger signal.
+Inside fine-tuning, r_G sees batches of 8 noisy survival targets and stayed weak on the cases' own genomics;
+fitted first on the genomics alone, where a step costs microseconds, it ranks the true risk clearly better
+(``benchmarks/README.md``, "MSRL, second design"). What the buffer lends and what the WSI-only prediction is
+distilled to are then a stronger signal.
 """
 from __future__ import annotations
 

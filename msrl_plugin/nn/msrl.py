@@ -117,8 +117,8 @@ class MSRLNetwork(nn.Module):
             used without gradients, for the learned and cosine graphs; needs ``msrl-plugin[faiss]``).
         candidate_keys: how the cached retrieval keys are stored: ``"float16"`` [D: retrieval at K = 1e5 is
             bound by memory bandwidth; half the bytes, then the 2m-row shortlist is re-scored exactly in
-            float32, so the top-m is exact unless a true top-m row misses a shortlist of 2m (measured recall
-            1.000)] or ``"float32"`` (every score exact). Only the torch search of inner-product graphs
+            float32, so the top-m is exact unless a true top-m row misses a shortlist of 2m (tested)] or
+            ``"float32"`` (every score exact). Only the torch search of inner-product graphs
             (learned, cosine kNN) uses float16; Euclidean kNN and FAISS keep float32 keys.
     """
 

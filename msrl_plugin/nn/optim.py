@@ -6,7 +6,7 @@ import torch
 
 def make_adam(params: list, lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam(lr, weight_decay), the fused kernel where every parameter allows it [D: same update rule; the
-    default per-parameter loop was ~8% of a small-bag (40-160 x 64-d) step's CPU time, profiled]."""
+    default per-parameter loop showed in the profile of small-bag steps, ``benchmarks/README.md``]."""
     tensors = [p for group in params for p in group["params"]] if params and isinstance(params[0], dict) \
         else params
     fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors) \

@@ -6,7 +6,7 @@ with ``similarity="wsi"``: 768 of the 1536 node dims at the paper's size, exact)
 ranking, stored as float16 (``candidate_keys="float16"``): a quarter of the float32 1536-d keys. The float16
 scan only draws a shortlist of ``SHORTLIST_FACTOR * m`` rows; those are re-scored in float32 from the buffer
 rows themselves, so the returned top-m is exact unless a true top-m row falls out of a shortlist twice as
-long as m (measured: recall 1.000, ``benchmarks/bench_buffer_inference.py``; tested).
+long as m (tested; the measured recall is in ``benchmarks/README.md``, "Training speed and buffer retrieval").
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def blockwise_topk(queries: torch.Tensor, keys: torch.Tensor, m: int, allowed: t
 
 def _native(queries: torch.Tensor, keys: torch.Tensor) -> bool:
     """Whether ``queries @ keys.T`` runs at memory speed in the keys' dtype: float32, any GPU, or one query on
-    a CPU (a float16 GEMV; float16 GEMMs of several queries are emulated on CPUs without AVX512-FP16, 2x
-    slower than float32: measured on the AVX2 development machine)."""
+    a CPU (a float16 GEMV; float16 GEMMs of several queries are emulated on CPUs without AVX512-FP16, slower
+    than float32)."""
     return keys.dtype == torch.float32 or keys.device.type != "cpu" or queries.shape[0] == 1
 
 
