@@ -68,8 +68,8 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
     - ``embed_dim=256`` (paper 768), fine-tuning lr 1e-3 / batch 8 (method.md 1e-4 / 32 left MSRL untrained
       on cohorts of ~100 cases): CPU-sized training.
 
-    Known limitation (issue 21): a training case's own buffer row is removed only as a direct edge of its
-    graph; it still reaches the case through two hops of the GCN.
+    A training case's own buffer row is out of its graph (no edge, no 2-hop path), in both branches, so
+    training sees the graph that inference sees; the buffer holds one row per case.
 
     ``buffer_candidates=m`` builds each case's graph over its exact top-m buffer rows (memory O(K d) instead
     of O(K^2); equal to the dense graph when m >= K) for buffers of 1e4+ rows.
@@ -268,6 +268,8 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
 
     def _step_loss(self, net: MSRLNetwork, target: MSRLNetwork, batch: BagBatch,
                    pending: dict[str, Any]) -> torch.Tensor:
+        if net.gene_encoder is not None and not self._trains_gene_encoder():
+            net.gene_encoder.eval()  # a fixed teacher lends and distils without AlphaDropout noise
         # the patch-level encoders run under the caller's autocast (precision='bf16'); the graph and the
         # losses always in float32
         h = net.encode_wsi(batch.x, batch.mask).float()

@@ -1,7 +1,4 @@
-"""FIFO buffer of real multimodal case features and the allowed-edge mask of the MSRL graph forward.
-
-method.md §5.1 (buffer) and §5.2 (leakage / consistency masks).
-"""
+"""FIFO buffer of real multimodal case features, one row per case (method.md §5.1)."""
 
 from __future__ import annotations
 
@@ -80,18 +77,35 @@ class FeatureBuffer(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, features: torch.Tensor, case_ids: Sequence[str]) -> None:
-        """Write (B, dim) rows at ``ptr`` with wrap-around, replacing the oldest rows; stored detached."""
+        """Write (B, dim) rows, stored detached, keeping one row per case: a case already in the buffer has its
+        row refreshed in place; the others go in at ``ptr`` with wrap-around, replacing the oldest rows (FIFO)
+        but never a row refreshed by the same call. A case drawn twice in the batch keeps its last row."""
         self._check(features, case_ids)
-        b = features.shape[0]
-        if b == 0:
+        last = {cid: i for i, cid in enumerate(case_ids)}  # the newest row of each case in the batch
+        order = sorted(last.values())
+        if not order:
             return
-        pos = (self.ptr + torch.arange(b, device=self.ptr.device)) % self.size
-        keep = slice(max(0, b - self.size), b)  # a batch larger than K: only its newest K rows survive
-        pos = pos[keep]
-        self.features[pos] = features[keep].detach().to(self.features)
-        self.case_index[pos] = self._index_of(list(case_ids)[keep], add=True)
-        self.valid[pos] = True
-        self.ptr.copy_((self.ptr + b) % self.size)
+        ids = [case_ids[i] for i in order]
+        features = features[order].detach().to(self.features)
+        index = self._index_of(ids, add=True)
+        hits = (index[:, None] == self.case_index[None, :]) & self.valid[None, :]
+        present = hits.any(dim=1)
+        refreshed = hits[present].float().argmax(dim=1)
+        self.features[refreshed] = features[present]  # cases already held: their rows, in place
+        new = (~present).nonzero().squeeze(1)
+        new = new[max(0, len(new) - (self.size - len(refreshed))):]  # only the newest rows that fit
+        pos, ptr, skip = [], int(self.ptr), set(refreshed.tolist())
+        for _ in range(len(new)):  # FIFO over the rows not refreshed by this very call
+            while ptr in skip:
+                ptr = (ptr + 1) % self.size
+            pos.append(ptr)
+            ptr = (ptr + 1) % self.size
+        if pos:
+            pos_t = torch.tensor(pos, dtype=torch.long, device=self.ptr.device)
+            self.features[pos_t] = features[new]
+            self.case_index[pos_t] = index[new]
+            self.valid[pos_t] = True
+            self.ptr.fill_(ptr)
 
     # --- reading ---
     def snapshot(self) -> tuple[torch.Tensor, list[str | None], torch.Tensor]:

@@ -54,29 +54,23 @@ class CandidateGraph(NamedTuple):
 def per_case_masks(buffer_valid: torch.Tensor, exclusion: torch.Tensor) -> torch.Tensor:
     """Allowed edges of each case's graph over [case; buffer]: ``(K,), (B, K) -> (B, 1+K, 1+K)`` bool.
 
-    case<->buffer row allowed when the row is valid and does not hold the case itself (no self-leakage);
-    buffer<->buffer allowed between valid rows; every node keeps its self loop.
+    Only valid rows that do not hold the case itself take part: they link to the case and to each other. The
+    case's own rows keep just their self loop, so they are out of its graph in effect: no edge, no 2-hop path
+    through another row, no share of another row's degree (the graph equals the one without them). A test
+    case is never in the buffer, so training sees the graph that inference sees.
     """
     b, k = exclusion.shape
-    dev = exclusion.device
-    mask = torch.zeros(b, 1 + k, 1 + k, dtype=torch.bool, device=dev)
-    cur_buf = ~exclusion & buffer_valid[None, :]
-    mask[:, 0, 1:] = cur_buf
-    mask[:, 1:, 0] = cur_buf
-    mask[:, 1:, 1:] = (buffer_valid[:, None] & buffer_valid[None, :])[None]
-    idx = torch.arange(1 + k, device=dev)
-    mask[:, idx, idx] = True
-    return mask
+    return candidate_masks(buffer_valid[None, :].expand(b, -1), exclusion)
 
 
 def candidate_masks(row_valid: torch.Tensor, row_excluded: torch.Tensor) -> torch.Tensor:
     """:func:`per_case_masks` over each case's own candidate rows: ``(B, m), (B, m) -> (B, 1+m, 1+m)``."""
     b, m = row_valid.shape
-    cur_buf = ~row_excluded & row_valid
+    usable = ~row_excluded & row_valid
     mask = torch.zeros(b, 1 + m, 1 + m, dtype=torch.bool, device=row_valid.device)
-    mask[:, 0, 1:] = cur_buf
-    mask[:, 1:, 0] = cur_buf
-    mask[:, 1:, 1:] = row_valid[:, :, None] & row_valid[:, None, :]
+    mask[:, 0, 1:] = usable
+    mask[:, 1:, 0] = usable
+    mask[:, 1:, 1:] = usable[:, :, None] & usable[:, None, :]
     idx = torch.arange(1 + m, device=row_valid.device)
     mask[:, idx, idx] = True
     return mask
