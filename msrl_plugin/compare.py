@@ -44,7 +44,8 @@ ExternalModel = Callable[[Cohort, Cohort, int], pd.DataFrame]
 
 # -- post-fit variants -----------------------------------------------------------------------------
 def shuffle_buffer_genomics(model: Aggregator, seed: int = 0) -> Aggregator:
-    """A copy of a fitted (fused) MSRL whose buffer rows' genomic half ``[:, :embed_dim]`` is permuted.
+    """A copy of a fitted (fused) MSRL whose buffer rows' genomic half ``[:, :embed_dim]`` (and the risk each row
+    lends, when stored) is permuted.
 
     The permutation is a derangement among the valid rows (no row keeps its own genomics), so every
     buffer case pairs its WSI embedding with another case's genomic embedding.
@@ -64,6 +65,8 @@ def shuffle_buffer_genomics(model: Aggregator, seed: int = 0) -> Aggregator:
         order = valid[torch.randperm(len(valid), generator=torch.Generator().manual_seed(int(seed)))]
         with torch.no_grad():  # cyclic shift of a random order: a derangement
             buffer.features[order, :d] = buffer.features[order.roll(1), :d].clone()
+            if buffer.lent_dim:  # what a row lends travels with its genomics
+                buffer.lent[order] = buffer.lent[order.roll(1)].clone()
     return shuffled
 
 

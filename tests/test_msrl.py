@@ -187,8 +187,9 @@ def test_dense_propagation_equals_torch_geometric_message_passing(split):
 
 # -- borrowing, alignment and the phi_G fixes ----------------------------------------------------------
 def test_borrowed_logits_come_from_the_buffers_real_genomics(fitted, split):
-    """The borrowed term reads the buffer's genomic half: permuting it changes the term, zeroing the
-    genomic head removes it, and the prediction is the mean of the head and the borrowed term."""
+    """The borrowed term is the edge-weighted mean of what the buffer rows lend (their cross-fitted genomic
+    risks by default, r_G of their genomic half with ``teacher_crossfit=0``): permuting the rows' genomics
+    changes it, and the prediction is the mean of the head and the borrowed term."""
     from msrl_plugin.batching import collate
 
     net = fitted.model_.eval()
@@ -202,7 +203,7 @@ def test_borrowed_logits_come_from_the_buffers_real_genomics(fitted, split):
         own = net.head(net.readout_features(z, f, h))
         np.testing.assert_allclose(net.logits(z, f, h, graph), (own + borrowed) / 2, atol=1e-6)
         w = graph.adj[:, 0, 1:] / graph.adj[:, 0, 1:].sum(1, keepdim=True)
-        rows = net.genomic_head(net.buffer.features[:, : net.embed_dim])
+        rows = net.buffer.lent if net.buffer.lent_dim else net.genomic_head(net.buffer.features[:, : net.embed_dim])
         np.testing.assert_allclose(borrowed, w @ rows, atol=1e-5)
     shuffled = fitted.with_shuffled_buffer(seed=2).model_.eval()
     with torch.no_grad():

@@ -88,3 +88,52 @@ def test_a_fixed_teacher_runs_in_eval_mode_during_fine_tuning(train_gene_encoder
                       buffer_size=32, genomic_teacher_steps=5, train_gene_encoder=train_gene_encoder).fit(cohort)
     # None = fixed for WSI-only msrl: no AlphaDropout in what it lends and distils; True = trained, with dropout
     assert seen and set(seen) == {train_gene_encoder is True}
+
+
+def test_cross_fitted_risks_carry_no_memorised_label():
+    from msrl_plugin.nn.genomic_teacher import crossfit_genomic_risk, prefit_genomic_teacher
+    from msrl_plugin.nn.snn import SNN
+
+    torch.manual_seed(0)
+    genomics, y = torch.randn(60, 40), torch.randn(60)  # genomics of pure noise: any fit to y is memory
+
+    def loss(logits, targets):
+        return torch.nn.functional.mse_loss(logits[:, 0], targets["y"])
+
+    encoder, head = SNN(40, (32, 32), 0.0, "selu"), torch.nn.Linear(32, 1)
+    oof = crossfit_genomic_risk(encoder, head, genomics, {"y": y}, loss, 400, torch.Generator().manual_seed(1), 5)
+    prefit_genomic_teacher(encoder, head, genomics, {"y": y}, loss, 400, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        in_sample = head(encoder(genomics))[:, 0]
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    assert corr(in_sample, y) > 0.8          # the teacher fitted on every case remembers their outcomes
+    assert abs(corr(oof[:, 0], y)) < 0.35    # out of fold, nothing of a case's own outcome is left
+
+
+def test_msrl_rows_lend_their_cross_fitted_risk_and_the_control_moves_it(tmp_path):
+    from msrl_plugin.aggregators.base import Aggregator
+    from msrl_plugin.compare import shuffle_buffer_genomics
+
+    cohort = easy_survival_cohort(n=40, genomics_dim=6, seed=2)
+    model = create_aggregator("msrl", max_epochs=1, pretrain_epochs=0, embed_dim=16, batch_size=20, k=3,
+                              buffer_size=32, genomic_teacher_steps=5).fit(cohort)
+    buf = model.model_.buffer
+    _, ids, valid = buf.snapshot()
+    rows = valid.nonzero().squeeze(1)
+    assert buf.lent_dim == model.task_.n_outputs and len(buf.lent_table_) == 40
+    torch.testing.assert_close(buf.lent[rows], buf.lent_of([ids[i] for i in rows.tolist()]))
+    shuffled = shuffle_buffer_genomics(model).model_.buffer
+    assert not torch.equal(shuffled.lent[rows], buf.lent[rows])
+    model.save(tmp_path / "m.pt")
+    loaded = Aggregator.load(tmp_path / "m.pt")
+    assert loaded.model_.buffer.lent_table_ == buf.lent_table_
+    import numpy as np
+
+    np.testing.assert_allclose(loaded.predict(cohort).to_numpy(float), model.predict(cohort).to_numpy(float),
+                               atol=1e-6)
+    off = create_aggregator("msrl", max_epochs=1, pretrain_epochs=0, embed_dim=16, batch_size=20, k=3,
+                            buffer_size=32, genomic_teacher_steps=5, teacher_crossfit=0).fit(cohort)
+    assert off.model_.buffer.lent_dim == 0

@@ -27,7 +27,7 @@ from .msrl_stage1 import Stage1Mixin
 #: the values that checkpoints written before these keywords existed were trained with (they load unchanged)
 LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
                  "genomic_teacher_weight": 1.0, "distill_weight": 0.0, "pretrain_holdout": 0.0,
-                 "genomic_teacher_steps": 0, "pretrain_transfer": "all"}
+                 "genomic_teacher_steps": 0, "pretrain_transfer": "all", "teacher_crossfit": 0}
 
 
 @register_aggregator("msrl")
@@ -123,6 +123,9 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
     train_gene_encoder : bool or None
         Fine-tune the genomic encoder (the target branch follows it by EMA), or keep it as pre-trained (and
         pre-fitted); None = fine-tune only when the case's own genomics are read at test (``msrl_multi``).
+    teacher_crossfit : int
+        With a fixed teacher, each buffer row lends (and each case is distilled to) a genomic risk from a
+        teacher pre-fitted on the other of this many folds, never its own outcome; 0 = one teacher on all.
 
     Stage 1 (graph-structure pre-training) parameters
     -------------------------------------------------
@@ -177,7 +180,7 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
                  temperature: float = 0.2, align_weight: float = 1.0, readout: str = "node+case",
                  borrow: str = "genomic_risk", f_align: str = "genomic", genomic_teacher_weight: float = 1.0,
                  distill_weight: float = 1.0, similarity: str = "wsi", genomic_teacher_steps: int = 300,
-                 train_gene_encoder: bool | None = None,
+                 train_gene_encoder: bool | None = None, teacher_crossfit: int = 5,
                  pretrain_epochs: int = 100, pretrain_lr: float = 1e-3, pretrain_batch_size: int = 32,
                  maskfeat_rate_learner: float = 0.3, maskfeat_rate_anchor: float = 0.3, dropedge: float = 0.5,
                  anchor_tau: float = 0.999, anchor_init: str = "identity", pretrain_holdout: float = 0.15,
@@ -201,7 +204,7 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
                            getattr(self, "buffer_rows_", self.buffer_size), self.readout,
                            self.buffer_candidates, self.candidate_search, self.propagation,
                            self.borrow if self.modality == "fused" else "none", self.similarity,
-                           getattr(self, "candidate_keys", "float16"))
+                           getattr(self, "candidate_keys", "float16"), self._lends_stored())
 
     # -- fit -----------------------------------------------------------------------------------
     def _eligible(self, has_genomics: torch.Tensor) -> torch.Tensor:
@@ -244,15 +247,25 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
     def _trains_gene_encoder(self) -> bool:
         return self.genomics_at_test if self.train_gene_encoder is None else bool(self.train_gene_encoder)
 
+    def _lends_stored(self) -> bool:
+        """Buffer rows lend a cross-fitted risk (a fixed teacher with ``teacher_crossfit`` folds)."""
+        return (self.modality == "fused" and self.borrow == "genomic_risk" and self.genomic_teacher_steps > 0
+                and getattr(self, "teacher_crossfit", 0) > 0 and not self._trains_gene_encoder())
+
     def _prefit_teacher(self, net: MSRLNetwork, data: CaseData) -> None:
-        from ..nn.genomic_teacher import prefit_genomic_teacher
+        from ..nn.genomic_teacher import crossfit_genomic_risk, prefit_genomic_teacher
 
         rows = data.has_genomics.nonzero().squeeze(1)
         device = self._device()
-        self.teacher_history_ = prefit_genomic_teacher(
-            net.gene_encoder, net.genomic_head, data.genomics[rows].to(device),
-            {k: v[rows].to(device) for k, v in data.targets.items()}, self.task_.loss,
-            self.genomic_teacher_steps, self._generator)
+        genomics = data.genomics[rows].to(device)
+        targets = {k: v[rows].to(device) for k, v in data.targets.items()}
+        if self._lends_stored():  # from the untrained modules: each fold's teacher starts where the main one does
+            lent = crossfit_genomic_risk(net.gene_encoder, net.genomic_head, genomics, targets, self.task_.loss,
+                                         self.genomic_teacher_steps, self._generator, self.teacher_crossfit)
+            net.buffer.set_lent_table([data.case_ids[i] for i in rows.tolist()], lent)
+        self.teacher_history_ = prefit_genomic_teacher(net.gene_encoder, net.genomic_head, genomics, targets,
+                                                       self.task_.loss, self.genomic_teacher_steps,
+                                                       self._generator)
 
     @torch.no_grad()
     def _initialise_buffer(self, net: MSRLNetwork, data: CaseData, eligible: torch.Tensor) -> None:
@@ -303,8 +316,9 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
             targets = {k: v[has_real] for k, v in batch.targets.items()}
             loss = loss + self.genomic_teacher_weight * self.task_.loss(teacher, targets)
             if self.distill_weight > 0:  # the WSI-only prediction follows the case's own genomic risk [D]
-                loss = loss + self.distill_weight * torch.nn.functional.mse_loss(logits[has_real],
-                                                                                   teacher.detach())
+                own_risk = (net.buffer.lent_of([batch.case_ids[i] for i in has_real.tolist()])
+                            if net.buffer.lent_dim else teacher.detach())  # cross-fitted: not its own label
+                loss = loss + self.distill_weight * torch.nn.functional.mse_loss(logits[has_real], own_risk)
         if h_t is not None:
             sub_ids = [ids[i] for i in sub.tolist()]
             with torch.no_grad():

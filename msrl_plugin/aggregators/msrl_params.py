@@ -11,7 +11,7 @@ import warnings
 from numbers import Integral, Real
 from typing import Any
 
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from ..nn.msrl import BORROW, CANDIDATE_SEARCH, PROPAGATIONS, READOUTS, SIMILARITIES
 from ..nn.retrieval import KEY_DTYPES
@@ -40,10 +40,11 @@ MSRL_CONSTRAINTS: dict[str, list] = {
     "genomic_teacher_steps": [Interval(Integral, 0, None, closed="left")],
     "pretrain_holdout": [Interval(Real, 0, 1, closed="left")],
     "train_gene_encoder": ["boolean", None],
+    "teacher_crossfit": [Interval(Integral, 2, None, closed="left"), Options(Integral, {0})],
     "pretrained": [str, os.PathLike, None],
 }
 
-_TEACHER = ("genomic_teacher_weight", "genomic_teacher_steps", "distill_weight")
+_TEACHER = ("genomic_teacher_weight", "genomic_teacher_steps", "distill_weight", "teacher_crossfit")
 _STAGE1 = ("pretrain_lr", "pretrain_batch_size", "maskfeat_rate_learner", "maskfeat_rate_anchor", "dropedge",
            "anchor_tau", "anchor_init", "pretrain_holdout", "pretrain_inter_level")
 _CANDIDATES = ("candidate_search", "candidate_keys")
@@ -62,6 +63,10 @@ def ignored_parameters(model: Any) -> dict[str, str]:
         mark(_FUSED_ONLY + _TEACHER, f"{model.name!r} has no genomics (MSRL_H)")
     elif model.borrow == "none":
         mark(_TEACHER, "borrow='none' builds no genomic risk head")
+    elif model.genomic_teacher_steps == 0:
+        mark(("teacher_crossfit",), "genomic_teacher_steps=0 pre-fits no teacher")
+    elif model._trains_gene_encoder():
+        mark(("teacher_crossfit",), "a teacher fine-tuned with the model lends through its live head")
     if model.graph != "learned":
         mark(("learner_layers", "learner_activation"), f"the graph is a static {model.graph} graph")
     if not model.use_pretraining:

@@ -18,18 +18,24 @@ class FeatureBuffer(nn.Module):
         ptr: () int64, next row to overwrite (the oldest row once the buffer is full).
         case_ids_: list[str], every id ever stored (extra state).
 
-    Args: size K [D: min(N_train, 256)], dim [P: 1536 = concat(g, h)].
+    With ``lent_dim`` > 0 each row also carries what it lends (``lent`` (K, lent_dim)), looked up by case id in
+    a table set once with :meth:`set_lent_table` (MSRL: a genomic risk fitted without that case's outcome).
+
+    Args: size K [D: min(N_train, 256)], dim [P: 1536 = concat(g, h)], lent_dim (0 = rows lend nothing).
     """
 
-    def __init__(self, size: int, dim: int):
+    def __init__(self, size: int, dim: int, lent_dim: int = 0):
         super().__init__()
-        if size < 1 or dim < 1:
-            raise ValueError(f"size and dim must be >= 1, got {size}, {dim}")
-        self.size, self.dim = size, dim
+        if size < 1 or dim < 1 or lent_dim < 0:
+            raise ValueError(f"size and dim must be >= 1 and lent_dim >= 0, got {size}, {dim}, {lent_dim}")
+        self.size, self.dim, self.lent_dim = size, dim, lent_dim
         self.register_buffer("features", torch.zeros(size, dim, dtype=torch.float32))
         self.register_buffer("case_index", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("valid", torch.zeros(size, dtype=torch.bool))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        if lent_dim:
+            self.register_buffer("lent", torch.zeros(size, lent_dim, dtype=torch.float32))
+        self.lent_table_: dict[str, list[float]] = {}
         self._set_vocabulary([])
 
     # --- case-id vocabulary (extra state) ---
@@ -49,10 +55,26 @@ class FeatureBuffer(nn.Module):
         return torch.tensor(out, dtype=torch.long, device=self.case_index.device)
 
     def get_extra_state(self) -> dict:
-        return {"case_ids": list(self.case_ids_)}
+        return {"case_ids": list(self.case_ids_), "lent_table": dict(self.lent_table_)}
 
     def set_extra_state(self, state: dict) -> None:
         self._set_vocabulary(state["case_ids"])
+        self.lent_table_ = dict(state.get("lent_table", {}))
+
+    # --- what rows lend ---
+    def set_lent_table(self, case_ids: Sequence[str], lent: torch.Tensor) -> None:
+        """What each case's row lends, ``(n, lent_dim)``; rows written later take their case's entry."""
+        if not self.lent_dim or lent.shape != (len(case_ids), self.lent_dim):
+            raise ValueError(f"lent must be ({len(case_ids)}, {self.lent_dim}), got {tuple(lent.shape)}")
+        self.lent_table_ = {cid: [float(v) for v in row] for cid, row in zip(case_ids, lent.tolist(), strict=True)}
+
+    def lent_of(self, case_ids: Sequence[str]) -> torch.Tensor:
+        """The table's entries of these cases, ``(n, lent_dim)``."""
+        missing = [cid for cid in case_ids if cid not in self.lent_table_]
+        if missing:
+            raise ValueError(f"no lent value for buffer case(s) {missing[:3]}: call set_lent_table first")
+        return torch.tensor([self.lent_table_[cid] for cid in case_ids], dtype=torch.float32,
+                            device=self.features.device)
 
     # --- writing ---
     def _check(self, features: torch.Tensor, case_ids: Sequence[str]) -> None:
@@ -74,6 +96,9 @@ class FeatureBuffer(nn.Module):
         self.case_index[:n] = self._index_of(case_ids[:n], add=True)
         self.valid[:n] = True
         self.ptr.fill_(n % self.size)
+        if self.lent_dim:
+            self.lent.zero_()
+            self.lent[:n] = self.lent_of(case_ids[:n])
 
     @torch.no_grad()
     def enqueue(self, features: torch.Tensor, case_ids: Sequence[str]) -> None:
@@ -92,6 +117,7 @@ class FeatureBuffer(nn.Module):
         present = hits.any(dim=1)
         refreshed = hits[present].float().argmax(dim=1)
         self.features[refreshed] = features[present]  # cases already held: their rows, in place
+        lent = self.lent_of(ids) if self.lent_dim else None
         new = (~present).nonzero().squeeze(1)
         new = new[max(0, len(new) - (self.size - len(refreshed))):]  # only the newest rows that fit
         pos, ptr, skip = [], int(self.ptr), set(refreshed.tolist())
@@ -106,6 +132,8 @@ class FeatureBuffer(nn.Module):
             self.case_index[pos_t] = index[new]
             self.valid[pos_t] = True
             self.ptr.fill_(ptr)
+            if lent is not None:
+                self.lent[pos_t] = lent[new]
 
     # --- reading ---
     def snapshot(self) -> tuple[torch.Tensor, list[str | None], torch.Tensor]:

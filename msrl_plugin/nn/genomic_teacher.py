@@ -7,6 +7,7 @@ distilled to are then a stronger signal.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -39,3 +40,26 @@ def prefit_genomic_teacher(gene_encoder: nn.Module, genomic_head: nn.Module, gen
         losses.append(value.detach())
     modules.eval()
     return [float(v) for v in losses]
+
+
+def crossfit_genomic_risk(gene_encoder: nn.Module, genomic_head: nn.Module, genomics: torch.Tensor,
+                          targets: dict[str, torch.Tensor], loss: Callable[..., torch.Tensor], steps: int,
+                          generator: torch.Generator, folds: int) -> torch.Tensor:
+    """Out-of-fold genomic risk logits ``(n, n_outputs)``: row i comes from a copy of the (untrained) modules
+    pre-fitted on the other folds only, so what a case lends never encodes its own observed outcome.
+
+    The modules passed in are copied, not changed; each fold's copy gets the same ``steps`` as the main teacher.
+    """
+    n = len(genomics)
+    order = torch.randperm(n, generator=generator).to(genomics.device)
+    out = torch.zeros(n, genomic_head.out_features, device=genomics.device)
+    for fold in range(min(folds, n)):
+        held = order[fold::folds]
+        kept = torch.ones(n, dtype=torch.bool, device=genomics.device)
+        kept[held] = False
+        encoder, head = copy.deepcopy(gene_encoder), copy.deepcopy(genomic_head)
+        prefit_genomic_teacher(encoder, head, genomics[kept], {k: v[kept] for k, v in targets.items()}, loss,
+                               steps, generator)
+        with torch.no_grad():
+            out[held] = head(encoder(genomics[held]))
+    return out

@@ -122,7 +122,7 @@ class MSRLNetwork(nn.Module):
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
                  readout: str = "node", buffer_candidates: int | None = None,
                  candidate_search: str = "torch", propagation: str = "dense", borrow: str = "none",
-                 similarity: str = "fused", candidate_keys: str = "float16"):
+                 similarity: str = "fused", candidate_keys: str = "float16", lend_stored: bool = False):
         super().__init__()
         if candidate_keys not in KEY_DTYPES:
             raise ValueError(f"candidate_keys must be one of {KEY_DTYPES}, got {candidate_keys!r}")
@@ -166,7 +166,10 @@ class MSRLNetwork(nn.Module):
         # r_G: logits from a real genomic embedding (buffer rows' g half, or phi_G(X_G) of training cases)
         self.genomic_head = (nn.Linear(d, n_outputs) if borrow == "genomic_risk" and modality == "fused"
                              else None)
-        self.buffer = FeatureBuffer(buffer_size, node_dim)
+        # lend_stored: each buffer row lends a stored genomic risk (cross-fitted, so never its own memorised
+        # outcome) instead of r_G of its genomic half
+        lent_dim = n_outputs if lend_stored and self.genomic_head is not None else 0
+        self.buffer = FeatureBuffer(buffer_size, node_dim, lent_dim)
 
     # -- node features ---------------------------------------------------------------------------
     def encode_wsi(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -380,16 +383,22 @@ class MSRLNetwork(nn.Module):
         return torch.cat([z, h if self.readout == "node+wsi" else f], dim=1)
 
     def borrowed_logits(self, graph: LearnedGraph | CandidateGraph) -> torch.Tensor:
-        """Edge-weighted mean of r_G(g_j) over each case's buffer neighbours j: ``(B, n_outputs)``.
+        """Edge-weighted mean of r_G(g_j) (or of row j's stored, cross-fitted risk) over each case's buffer
+        neighbours j: ``(B, n_outputs)``.
 
         The weights are the case's row of its own normalised graph (gradients reach the graph learner); a case
         with no buffer neighbour borrows nothing (zeros).
         """
         w = graph.adj[:, 0, 1:]
-        g = self.buffer.features[graph.rows, : self.embed_dim] if isinstance(graph, CandidateGraph) \
-            else self.buffer.features[None, :, : self.embed_dim]
         w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return torch.einsum("bm,bmo->bo", w, self.genomic_head(g).expand(w.shape[0], -1, -1))
+        candidate = isinstance(graph, CandidateGraph)
+        if self.buffer.lent_dim:  # the rows' stored (cross-fitted) risks
+            lent = self.buffer.lent[graph.rows] if candidate else self.buffer.lent[None]
+        else:
+            g = self.buffer.features[graph.rows, : self.embed_dim] if candidate \
+                else self.buffer.features[None, :, : self.embed_dim]
+            lent = self.genomic_head(g)
+        return torch.einsum("bm,bmo->bo", w, lent.expand(w.shape[0], -1, -1))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
