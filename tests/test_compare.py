@@ -90,6 +90,9 @@ def test_report_html_is_self_contained_and_every_axis_is_labelled(compared, coho
     assert "{" not in text.split("</style>")[1]  # no raw dicts printed
     assert not re.search(r"<tr>\s*(<th>\s*</th>\s*)+</tr>", text)  # no empty header rows
     assert "cannot go below 2/2^2 = 0.5" in text  # 2 folds: a Wilcoxon p cannot reach 0.05
+    if metrics_extra.sksurv_available():  # each fold names where its IBS and td-AUC were evaluated
+        assert "Evaluation times of the time-dependent metrics" in text
+        assert all(times in text for times in result.per_fold["eval_times"].dropna())
     assert (out / "figures" / "kaplan_meier.png").is_file()
     figs, notes = report_figures(result, cohort, time_unit="months")
     assert {"metric", "kaplan_meier", "training_loss", "attention", "borrowing"} <= set(figs)
