@@ -47,6 +47,12 @@ MIN_CASES = 5
 #: ... and at least this many test cases still followed after it
 MIN_CONTROLS = 5
 EXTRA_SURVIVAL_METRICS = ("c_index_ipcw", "ibs", "td_auc")
+#: the rule in one sentence, for reports
+EVALUATION_TIMES_RULE = (
+    "The integrated Brier score and time-dependent AUC of a fold read column survival_bin<j> (the probability "
+    "of surviving past the end of bin j) at that end, bin<j>@t, clipped inside the test follow-up; a time with "
+    f"fewer than {MIN_CASES} test events at or before it or fewer than {MIN_CONTROLS} test cases followed after "
+    "it is left out. The td-AUC needs one time, the IBS two; a fold with fewer reports NaN.")
 
 
 def sksurv_available() -> bool:

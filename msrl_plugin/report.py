@@ -26,7 +26,7 @@ from .cohort import SURVIVAL, Cohort
 from .compare import ComparisonResult, ExampleFit, file_stem
 from .errors import MSRLPluginError
 from .heatmap import SlideAttention, draw_attention, infer_patch_size
-from .metrics_extra import MIN_CASES, MIN_CONTROLS
+from .metrics_extra import EVALUATION_TIMES_RULE
 
 METRIC_LABELS = {"c_index": "c-index", "auc": "AUC", "c_index_ipcw": "IPCW c-index",
                  "ibs": "integrated Brier", "td_auc": "time-dependent AUC",
@@ -336,13 +336,6 @@ def evaluation_times_table(result: ComparisonResult) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-_EVAL_TIMES_NOTE = ("The integrated Brier score and time-dependent AUC of a fold read column survival_bin<j> "
-                    "(the probability of surviving past the end of bin j) at that end, bin<j>@t, clipped "
-                    "inside the test follow-up; a time with fewer than {cases} test events at or before it or "
-                    "fewer than {controls} test cases followed after it is left out. The td-AUC needs one time, "
-                    "the IBS two; a fold with fewer reports NaN.")
-
-
 def _png_data_uri(fig: Figure) -> tuple[str, bytes]:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -413,7 +406,7 @@ def write_report(result: ComparisonResult, cohort: Cohort, out_dir: str | Path,
     if times is not None:
         unit = f" Times in {time_unit}." if time_unit else ""
         parts += ["<h2>Evaluation times of the time-dependent metrics</h2>",
-                  f"<p>{esc(_EVAL_TIMES_NOTE.format(cases=MIN_CASES, controls=MIN_CONTROLS) + unit)}</p>",
+                  f"<p>{esc(EVALUATION_TIMES_RULE + unit)}</p>",
                   _table_html(times)]
     for name in ("metric", "kaplan_meier", "roc", "training_loss", "attention", "borrowing"):
         if name in images:
