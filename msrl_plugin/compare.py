@@ -30,7 +30,7 @@ from .atomic import write_csv, write_json
 from .cohort import SURVIVAL, Cohort
 from .errors import MSRLPluginError
 from .experiment import SELECTION_RULE
-from .metrics_extra import survival_extras
+from .metrics_extra import fold_survival_metrics
 from .registry import create_aggregator, get_aggregator_class, list_aggregators
 from .splits import Fold, kfold_splits
 from .survival import concordance_index, fit_bin_edges
@@ -115,10 +115,11 @@ class ExampleFit:
 class ComparisonResult:
     """Everything a comparison produced.
 
-    ``per_fold``: one row per ``model, seed, fold`` with metric columns (``c_index``, ... or ``auc``, ...)
-    and ``fit_seconds``. ``predictions[(model, seed)]``: out-of-fold predictions indexed by case_id with a
-    ``fold`` column and the targets (``time``, ``censorship`` or ``label``). ``histories``: mean training
-    loss per epoch, one row per ``model, seed, fold, stage, epoch`` (``loss``), for the fitted models.
+    ``per_fold``: one row per ``model, seed, fold`` with metric columns (``c_index``, ... or ``auc``, ...),
+    ``eval_times`` (survival curves: where the IBS and td-AUC were evaluated) and ``fit_seconds``.
+    ``predictions[(model, seed)]``: out-of-fold predictions indexed by case_id with a ``fold`` column and
+    the targets (``time``, ``censorship`` or ``label``). ``histories``: mean training loss per epoch, one
+    row per ``model, seed, fold, stage, epoch`` (``loss``), for the fitted models.
     """
 
     task: str
@@ -265,19 +266,26 @@ def _tagged_history(history: pd.DataFrame, model: str, seed: int, fold: int) -> 
 
 # -- scoring ---------------------------------------------------------------------------------------
 def score_predictions(train: Cohort, test: Cohort, predictions: pd.DataFrame,
-                      edges: np.ndarray | None = None) -> dict[str, float]:
+                      edges: np.ndarray | None = None) -> dict[str, float | str]:
     """Held-out metrics of one fold from predictions alone (no model needed).
 
     ``edges``: the survival bins the model's curve refers to; when None and the predictions hold a curve,
-    they are refitted on ``train`` exactly as :class:`~msrl_plugin.tasks.SurvivalTask` does.
+    they are refitted on ``train`` exactly as :class:`~msrl_plugin.tasks.SurvivalTask` does. With a curve,
+    ``eval_times`` (a string, e.g. ``"bin0@8.1; bin1@15.3"``) names the times the IBS and td-AUC used
+    (:func:`~msrl_plugin.metrics_extra.evaluation_times`).
     """
     pred = predictions.loc[test.case_ids]
     if test.task == SURVIVAL:
-        out = {"c_index": concordance_index(test.times(), test.events(), pred["risk"].to_numpy(float))}
+        out: dict[str, float | str] = {
+            "c_index": concordance_index(test.times(), test.events(), pred["risk"].to_numpy(float))}
         n_bins = sum(c.startswith("survival_bin") for c in pred.columns)
         if edges is None and n_bins:
             edges = fit_bin_edges(train.times(), train.censorship(), n_bins)
-        out.update(survival_extras(train.times(), train.events(), test.times(), test.events(), pred, edges))
+        extras = fold_survival_metrics(train.times(), train.events(), test.times(), test.events(), pred, edges)
+        if extras is not None:
+            out.update(extras.metrics)
+            if extras.times is not None:
+                out["eval_times"] = extras.times.describe()
         return out
     from .tasks import ClassificationTask
 
@@ -410,7 +418,7 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
                 if model is not None and name not in examples:
                     examples[name] = ExampleFit(model, seed, fold)
                 log(f"seed {seed} fold {fold.k} {name:<22} " + ", ".join(
-                    f"{k}={v:.4f}" for k, v in metrics.items() if np.isfinite(v)))
+                    f"{k}={v:.4f}" for k, v in metrics.items() if not isinstance(v, str) and np.isfinite(v)))
     config = {
         "models": names, "reference": reference, "seeds": list(seeds), "task": cohort.task,
         "budget": budget, "selection_rule": SELECTION_RULE, "params": resolved,

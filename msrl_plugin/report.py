@@ -26,6 +26,7 @@ from .cohort import SURVIVAL, Cohort
 from .compare import ComparisonResult, ExampleFit, file_stem
 from .errors import MSRLPluginError
 from .heatmap import SlideAttention, draw_attention, infer_patch_size
+from .metrics_extra import EVALUATION_TIMES_RULE
 
 METRIC_LABELS = {"c_index": "c-index", "auc": "AUC", "c_index_ipcw": "IPCW c-index",
                  "ibs": "integrated Brier", "td_auc": "time-dependent AUC",
@@ -321,6 +322,20 @@ _PAIRED_NOTE = ("Difference = model - reference per (seed, fold); two-sided Wilc
                 "percentile paired-bootstrap 95% CI. For the integrated Brier score lower is better.")
 
 
+def evaluation_times_table(result: ComparisonResult) -> pd.DataFrame | None:
+    """Where each (seed, fold)'s IBS and td-AUC were evaluated: ``seed, fold, evaluation times, models``
+    (``bin<j>@t``: column ``survival_bin<j>`` read at time t); None without survival curves."""
+    per_fold = result.per_fold
+    if "eval_times" not in per_fold or per_fold["eval_times"].isna().all():
+        return None
+    rows = []
+    for (seed, fold), part in per_fold.groupby(["seed", "fold"], sort=True):
+        for times, same in part.dropna(subset=["eval_times"]).groupby("eval_times", sort=False):
+            rows.append({"seed": seed, "fold": fold, "evaluation times": times or "none usable",
+                         "models": "all" if len(same) == len(part) else ", ".join(same["model"])})
+    return pd.DataFrame(rows)
+
+
 def _png_data_uri(fig: Figure) -> tuple[str, bytes]:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -387,6 +402,12 @@ def write_report(result: ComparisonResult, cohort: Cohort, out_dir: str | Path,
     if note:
         parts.append(f"<p class='note'>{esc(note)}</p>")
     parts.append(_table_html(paired, float_format=lambda v: f"{v:.4g}"))
+    times = evaluation_times_table(result)
+    if times is not None:
+        unit = f" Times in {time_unit}." if time_unit else ""
+        parts += ["<h2>Evaluation times of the time-dependent metrics</h2>",
+                  f"<p>{esc(EVALUATION_TIMES_RULE + unit)}</p>",
+                  _table_html(times)]
     for name in ("metric", "kaplan_meier", "roc", "training_loss", "attention", "borrowing"):
         if name in images:
             parts.append(f"<h2>{esc(SECTIONS[name])}</h2><p>{esc(_CAPTIONS[name])}</p>"
