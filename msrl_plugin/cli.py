@@ -19,6 +19,7 @@ import yaml
 from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, THREADS_HELP, WarnOnce, model_flag, with_threads
 from .errors import MSRLPluginError
+from .record_options import check_log_data, log_data_option, provenance_options
 
 
 # -- shared option bundles ------------------------------------------------------------------------
@@ -171,6 +172,8 @@ def cli(ctx, debug, quiet, threads):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same results folder.")
 @click.option("--devices", type=int, default=1, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on GPU); torchrun launches work too.")
+@provenance_options
+@log_data_option
 @with_config
 @with_threads
 def train(**kw):
@@ -186,6 +189,7 @@ def train(**kw):
     init_from_torchrun()
 
     params = model_params(kw["model"], kw)
+    check_log_data(kw["log_data"], kw["devices"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     check_model_inputs(kw["model"], cohort)
@@ -196,9 +200,12 @@ def train(**kw):
     folds = select_folds(all_folds, kw["k_start"], kw["k_end"])
     check_fold_inputs(kw["model"], params, cohort, folds)
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
+    record = results_record("train", kw, cohort, sink, {kw["model"]: params})
     if kw["resume"]:
         sink.check_resumable(folds, kw["model"], params)
     sink.write_config({**run_settings(kw, params, all_folds, folds), "selection_rule": SELECTION_RULE})
+    if is_main():
+        record.write(sink.provenance_path())
     quiet = click.get_current_context().find_root().obj["quiet"]
     if kw["devices"] > 1:
         from .distributed import launch
@@ -212,8 +219,27 @@ def train(**kw):
     else:
         result = cross_validate(cohort, folds, kw["model"], params, sink, progress=not quiet, log=echo)
     if is_main():
+        record.write(sink.provenance_path(), finished=True)
         click.echo(format_summary(result))
         click.echo(f"results: {sink.path}")
+
+
+def results_record(command: str, kw: dict[str, Any], cohort, sink, models: dict[str, dict[str, Any]]):
+    """The run's provenance record for a results folder (its inputs checked against the folder's), attached
+    to ``sink`` with the ``--log-data`` choice."""
+    from .aggregators.base import resolve_device
+    from .provenance import start_record
+    from .registry import create_aggregator
+
+    record = start_record(command, sink.provenance_path(), cohort, str(resolve_device(kw["device"])),
+                          features=kw["features"], tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
+                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
+                          holds_results=sink.holds_results(), resume=sink.holds_results(),
+                          where="--results-dir or --exp-code",
+                          models={m: create_aggregator(m, **p) for m, p in models.items()},
+                          settings={"log_data": kw.get("log_data", False)})
+    sink.run_record, sink.log_data = record, bool(kw.get("log_data"))
+    return record
 
 
 MODEL_FLAGS = ("max_epochs", "lr", "reg", "dropout", "alpha_surv", "batch_size", "precision")
@@ -272,6 +298,7 @@ def format_summary(result) -> str:
 @cohort_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@provenance_options
 @with_config
 @with_threads
 def predict(**kw):
@@ -287,6 +314,8 @@ def predict(**kw):
                                     overlap=kw["overlap"], case_col=kw["case_col"], slide_col=kw["slide_col"],
                                     on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
                                     cache_float16=kw["cache_float16"])
+    provenance_path = kw["out"].with_name(f"{kw['out'].stem}_provenance.json")
+    record = prediction_record(kw, cohort, model, provenance_path)
     predictions = model.predict(cohort)
     predictions.insert(0, "slide_id", [";".join(cohort.slides[c]) for c in predictions.index])
     bins = survival_bins_table(model)
@@ -294,7 +323,21 @@ def predict(**kw):
     write_csv(kw["out"], predictions, index=True)
     if bins is not None:
         write_csv(bins_path, bins)
+    record.write(provenance_path, finished=True)
     echo(f"{len(predictions)} predictions -> {kw['out']}" + (f" (bin edges: {bins_path})" if bins is not None else ""))
+
+
+def prediction_record(kw: dict[str, Any], cohort, model, recorded: Path):
+    """predict's provenance: this run, and the checkpoint's own record (how the model was trained)."""
+    from .provenance import checkpoint_provenance, start_record
+
+    record = start_record("predict", recorded, cohort, str(model._device()), features=kw["features"],
+                          tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
+                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
+                          holds_results=kw["out"].exists(), where="--out")
+    record.precision[model.name] = {"used": "fp32", "note": "prediction always runs in float32"}
+    record.extra["checkpoint"] = checkpoint_provenance(model, kw["model_path"])
+    return record
 
 
 def survival_bins_table(model):
@@ -355,6 +398,9 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
     args = sys.argv[1:] if argv is None else argv
+    from .provenance import set_command_line
+
+    set_command_line(["msrl-plugin", *args])  # what provenance.json records
     if "--debug" not in args:
         warnings.formatwarning = _warning_line
     shown = warnings.showwarning  # a fresh record per run (tests call main() many times)
