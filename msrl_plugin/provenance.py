@@ -124,7 +124,7 @@ def environment(device: str) -> dict[str, Any]:
     return {
         "msrl_plugin": package_version(), "git": git_commit(), "python": platform.python_version(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "platform": platform.platform(),
-        "hostname": platform.node(), "device": device,
+        "device": device,
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                 "capability": str(torch.backends.cpu.get_cpu_capability()),
                 "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags},
