@@ -19,7 +19,7 @@ import yaml
 from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, THREADS_HELP, WarnOnce, model_flag, with_threads
 from .errors import MSRLPluginError
-from .record_options import check_log_data, log_data_option, provenance_options
+from .record_options import check_log_data, log_data_option, prediction_record, provenance_options, results_record
 
 
 # -- shared option bundles ------------------------------------------------------------------------
@@ -224,24 +224,6 @@ def train(**kw):
         click.echo(f"results: {sink.path}")
 
 
-def results_record(command: str, kw: dict[str, Any], cohort, sink, models: dict[str, dict[str, Any]]):
-    """The run's provenance record for a results folder (its inputs checked against the folder's), attached
-    to ``sink`` with the ``--log-data`` choice."""
-    from .aggregators.base import resolve_device
-    from .provenance import start_record
-    from .registry import create_aggregator
-
-    record = start_record(command, sink.provenance_path(), cohort, str(resolve_device(kw["device"])),
-                          features=kw["features"], tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
-                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
-                          holds_results=sink.holds_results(), resume=sink.holds_results(),
-                          where="--results-dir or --exp-code",
-                          models={m: create_aggregator(m, **p) for m, p in models.items()},
-                          settings={"log_data": kw.get("log_data", False)})
-    sink.run_record, sink.log_data = record, bool(kw.get("log_data"))
-    return record
-
-
 MODEL_FLAGS = ("max_epochs", "lr", "reg", "dropout", "alpha_surv", "batch_size", "precision")
 
 
@@ -325,19 +307,6 @@ def predict(**kw):
         write_csv(bins_path, bins)
     record.write(provenance_path, finished=True)
     echo(f"{len(predictions)} predictions -> {kw['out']}" + (f" (bin edges: {bins_path})" if bins is not None else ""))
-
-
-def prediction_record(kw: dict[str, Any], cohort, model, recorded: Path):
-    """predict's provenance: this run, and the checkpoint's own record (how the model was trained)."""
-    from .provenance import checkpoint_provenance, start_record
-
-    record = start_record("predict", recorded, cohort, str(model._device()), features=kw["features"],
-                          tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
-                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
-                          holds_results=kw["out"].exists(), where="--out")
-    record.precision[model.name] = {"used": "fp32", "note": "prediction always runs in float32"}
-    record.extra["checkpoint"] = checkpoint_provenance(model, kw["model_path"])
-    return record
 
 
 def survival_bins_table(model):

@@ -18,7 +18,7 @@ from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, with_threads
 from .errors import MSRLPluginError
 from .provenance import FILE_NAME
-from .record_options import check_log_data, log_data_option, provenance_options
+from .record_options import check_log_data, compare_record, log_data_option, provenance_options
 from .training_log import compare_logs
 
 
@@ -154,23 +154,6 @@ def compare(**kw):
     click.echo(f"results: {kw['out']}")
     if path is not None:
         click.echo(f"report: {path}")
-
-
-def compare_record(kw: dict[str, Any], cohort, models: list[str], params: dict[str, dict[str, Any]]):
-    """compare's provenance record; refused when --out holds results of other inputs."""
-    from .aggregators.base import resolve_device
-    from .compare import variant_of
-    from .provenance import start_record
-    from .registry import create_aggregator
-
-    bases = list(dict.fromkeys((variant_of(m) or (m,))[0] for m in models))
-    record = start_record("compare", kw["out"] / FILE_NAME, cohort, str(resolve_device(kw["device"])),
-                          features=kw["features"], tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
-                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
-                          holds_results=(kw["out"] / "per_fold.csv").exists(), where="--out",
-                          models={b: create_aggregator(b, **params.get(b, {})) for b in bases},
-                          settings={"log_data": kw["log_data"]})
-    return record  # written with the results, at the end (a comparison writes nothing before)
 
 
 @cli.command("make-cohort")

@@ -10,7 +10,7 @@ from .cli import cli, cohort_options, echo, load_cohort_from_flags, model_option
 from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, with_threads
 from .errors import MSRLPluginError
-from .record_options import allow_changed_option, check_log_data, log_data_option, provenance_options
+from .record_options import allow_changed_option, check_log_data, log_data_option, pretrain_record, provenance_options
 
 
 @cli.command()
@@ -35,18 +35,12 @@ def pretrain(**kw):
     check_log_data(kw["log_data"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
-    from .provenance import start_record
     from .registry import create_aggregator
     from .training_log import EpochLog, attached
 
     model = create_aggregator(kw["model"], **params)
     recorded = kw["out"].with_name(kw["out"].name + ".provenance.json")
-    record = start_record("pretrain", recorded, cohort, str(model._device()), features=kw["features"],
-                          tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
-                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
-                          holds_results=kw["out"].exists(), where="--out", settings={"log_data": kw["log_data"]})
-    record.precision[kw["model"]] = {"requested": getattr(model, "precision", None), "used": "fp32",
-                                     "note": "stage 1 always trains in float32"}
+    record = pretrain_record(kw, cohort, model, recorded)
     data = model._prepare_fit(cohort)
     log = EpochLog(kw["out"].with_name(kw["out"].name + ".tensorboard")) if kw["log_data"] else None
     with attached(model, log):
