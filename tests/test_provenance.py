@@ -239,3 +239,20 @@ def test_demo_rerun_keeps_its_folds_and_records_both_runs(tmp_path):
     assert record["command"] == "demo" and record["status"] == "finished" and record["inputs_changed"] is None
     assert record["inputs"]["bags"]["contents_sha256"] and len(record["previous_runs"]) == 1
     assert record["previous_runs"][0]["folds"].keys() == {"0", "1"} and record["folds"] == {}  # folds kept
+
+
+def test_checkpoint_provenance_falls_back_to_its_folder_then_says_it_is_unknown(tmp_path):
+    from _cohorts import easy_survival_cohort
+
+    from msrl_plugin import create_aggregator
+
+    data = easy_survival_cohort(n=24)
+    path = create_aggregator("abmil", max_epochs=1, device="cpu").fit(data).save(tmp_path / "s_0_checkpoint.pt")
+    model = Aggregator.load(path)  # saved outside a results folder: it carries no record
+    assert model.provenance_ is None
+    own = provenance.checkpoint_provenance(model, path)
+    assert own["provenance"] is None and own["provenance_source"].startswith("not recorded")
+    record = provenance.RunRecord("train", input_fingerprints(data), "cpu")
+    record.write(tmp_path / "provenance.json", finished=True)
+    own = provenance.checkpoint_provenance(model, path)
+    assert own["provenance_source"].endswith("provenance.json") and own["provenance"]["command"] == "train"
