@@ -24,7 +24,8 @@ from msrl_plugin.errors import MSRLPluginError
 CLAM_COLUMNS = {"survival": ["test_cindex", "val_cindex"],
                 "classification": ["test_auc", "val_auc", "test_acc", "val_acc"]}
 _RENAME = {"c_index": "cindex", "accuracy": "acc"}
-IGNORED_ON_RESUME = {"resume", "quiet", "device"}
+#: flags that may change between a run and its resume (they change what is recorded, not the results)
+IGNORED_ON_RESUME = {"resume", "quiet", "device", "log_data", "hash_contents", "allow_changed_inputs"}
 
 
 _FOREIGN_FIX = ("resume in the folder of that run, or move the file away to re-run this fold "
@@ -38,7 +39,13 @@ def clam_metric_name(name: str) -> str:
 
 class ResultsFolder:
     """``resume=False`` refuses a folder that already holds results (never overwrite a user's results);
-    ``resume=True`` keeps finished folds and continues an interrupted fold from its training state."""
+    ``resume=True`` keeps finished folds and continues an interrupted fold from its training state.
+
+    ``run_record`` (a :class:`~msrl_plugin.provenance.RunRecord`, when set) learns each fold's model and is
+    embedded in its checkpoint; ``log_data`` gives each fold an ``EpochLog`` in ``tensorboard/fold_<k>/``."""
+
+    run_record = None
+    log_data = False
 
     def __init__(self, results_dir: str | Path, exp_code: str, seed: int, cohort=None, resume: bool = False):
         self.path = Path(results_dir) / f"{exp_code}_s{seed}"
@@ -70,6 +77,19 @@ class ResultsFolder:
 
     def predictions_path(self, k: int) -> Path:
         return self.path / f"split_{k}_results.csv"
+
+    def provenance_path(self) -> Path:
+        from msrl_plugin.provenance import FILE_NAME
+
+        return self.path / FILE_NAME
+
+    def epoch_log(self, fold, validation=None):
+        """The fold's TensorBoard log (``--log-data``), or None."""
+        if not self.log_data:
+            return None
+        from msrl_plugin.training_log import EpochLog
+
+        return EpochLog(self.path / "tensorboard" / f"fold_{fold.k}", validation)
 
     def history_path(self, k: int) -> Path:
         return self.path / f"split_{k}_history.csv"
@@ -145,6 +165,10 @@ class ResultsFolder:
     def write_fold(self, fold, model, predictions: pd.DataFrame, metrics: dict[str, float],
                    extra: dict[str, Any]) -> None:
         table = predictions.copy()
+        if self.run_record is not None:
+            name = getattr(model, "name", None)
+            self.run_record.record_model(name, model, fold.k)
+            model.provenance_ = self.run_record.for_checkpoint(name, model, fold.k)
         if self.cohort is not None:
             cases = self.cohort.cases.loc[table.index]
             for col in ("time", "censorship", "label"):

@@ -19,6 +19,7 @@ import yaml
 from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, THREADS_HELP, WarnOnce, model_flag, with_threads
 from .errors import MSRLPluginError
+from .record_options import check_log_data, log_data_option, prediction_record, provenance_options, results_record
 
 
 # -- shared option bundles ------------------------------------------------------------------------
@@ -171,6 +172,8 @@ def cli(ctx, debug, quiet, threads):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same results folder.")
 @click.option("--devices", type=int, default=1, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on GPU); torchrun launches work too.")
+@provenance_options
+@log_data_option
 @with_config
 @with_threads
 def train(**kw):
@@ -186,6 +189,7 @@ def train(**kw):
     init_from_torchrun()
 
     params = model_params(kw["model"], kw)
+    check_log_data(kw["log_data"], kw["devices"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     check_model_inputs(kw["model"], cohort)
@@ -196,9 +200,12 @@ def train(**kw):
     folds = select_folds(all_folds, kw["k_start"], kw["k_end"])
     check_fold_inputs(kw["model"], params, cohort, folds)
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
+    record = results_record("train", kw, cohort, sink, {kw["model"]: params})
     if kw["resume"]:
         sink.check_resumable(folds, kw["model"], params)
     sink.write_config({**run_settings(kw, params, all_folds, folds), "selection_rule": SELECTION_RULE})
+    if is_main():
+        record.write(sink.provenance_path())
     quiet = click.get_current_context().find_root().obj["quiet"]
     if kw["devices"] > 1:
         from .distributed import launch
@@ -212,6 +219,7 @@ def train(**kw):
     else:
         result = cross_validate(cohort, folds, kw["model"], params, sink, progress=not quiet, log=echo)
     if is_main():
+        record.write(sink.provenance_path(), finished=True)
         click.echo(format_summary(result))
         click.echo(f"results: {sink.path}")
 
@@ -272,6 +280,7 @@ def format_summary(result) -> str:
 @cohort_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@provenance_options
 @with_config
 @with_threads
 def predict(**kw):
@@ -287,6 +296,8 @@ def predict(**kw):
                                     overlap=kw["overlap"], case_col=kw["case_col"], slide_col=kw["slide_col"],
                                     on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
                                     cache_float16=kw["cache_float16"])
+    provenance_path = kw["out"].with_name(f"{kw['out'].stem}_provenance.json")
+    record = prediction_record(kw, cohort, model, provenance_path)
     predictions = model.predict(cohort)
     predictions.insert(0, "slide_id", [";".join(cohort.slides[c]) for c in predictions.index])
     bins = survival_bins_table(model)
@@ -294,6 +305,7 @@ def predict(**kw):
     write_csv(kw["out"], predictions, index=True)
     if bins is not None:
         write_csv(bins_path, bins)
+    record.write(provenance_path, finished=True)
     echo(f"{len(predictions)} predictions -> {kw['out']}" + (f" (bin edges: {bins_path})" if bins is not None else ""))
 
 
@@ -355,6 +367,9 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors become one line on stderr and exit code 2 (``--debug`` for tracebacks)."""
     args = sys.argv[1:] if argv is None else argv
+    from .provenance import set_command_line
+
+    set_command_line(["msrl-plugin", *args])  # what provenance.json records
     if "--debug" not in args:
         warnings.formatwarning = _warning_line
     shown = warnings.showwarning  # a fresh record per run (tests call main() many times)

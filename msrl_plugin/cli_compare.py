@@ -17,6 +17,9 @@ from .cli import cli, cohort_options, echo, load_cohort_from_flags
 from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, with_threads
 from .errors import MSRLPluginError
+from .provenance import FILE_NAME
+from .record_options import check_log_data, compare_record, log_data_option, provenance_options
+from .training_log import compare_logs
 
 
 def parse_value(raw: str) -> Any:
@@ -71,14 +74,16 @@ def held_out_folds(cohort, split_dir: Path):
 def run_compare(cohort, models: list[str], folds, seeds: list[int], params: dict[str, dict[str, Any]],
                 out: Path, reference: str = "abmil", budget: dict[str, Any] | None = None,
                 n_boot: int = 10_000, example_model: str | None = None, report: bool = True,
-                progress: bool = False, log: Callable[[str], None] = print, time_unit: str | None = None):
+                progress: bool = False, log: Callable[[str], None] = print, time_unit: str | None = None,
+                epoch_log: Callable[..., Any] | None = None):
     """Compare, write the CSVs and (optionally) the HTML report; return ``(result, report path or None)``.
 
-    ``time_unit``: the unit of the survival times, for the report's axes (e.g. ``months``)."""
+    ``time_unit``: the unit of the survival times, for the report's axes (e.g. ``months``); ``epoch_log``:
+    per-fit TensorBoard logs (:func:`msrl_plugin.training_log.compare_logs`)."""
     from .compare import compare_models
 
     result = compare_models(cohort, models, folds, seeds, params, reference, budget, n_boot=n_boot,
-                            out_dir=out, progress=progress, log=log)
+                            out_dir=out, progress=progress, log=log, epoch_log=epoch_log)
     path = None
     if report:
         from .report import write_report
@@ -114,6 +119,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--no-report", is_flag=True, help="Only write the CSVs.")
 @click.option("--out", "--results-dir", "--results_dir", "out", required=True, type=click.Path(path_type=Path),
               help="Output folder.")
+@provenance_options
+@log_data_option
 @with_config
 @with_threads
 def compare(**kw):
@@ -126,8 +133,10 @@ def compare(**kw):
 
         for base in {(variant_of(m) or (m,))[0] for m in models}:
             params.setdefault(base, {})["device"] = kw["device"]
+    check_log_data(kw["log_data"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
+    record = compare_record(kw, cohort, models, params)
     folds = held_out_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kw["k"]
     quiet = click.get_current_context().find_root().obj.get("quiet")
     from .report import time_unit_from_column
@@ -135,7 +144,12 @@ def compare(**kw):
     result, path = run_compare(cohort, models, folds, seeds, params, kw["out"], kw["reference"],
                                {"max_epochs": kw["max_epochs"]}, kw["n_boot"], kw["example_model"],
                                not kw["no_report"], progress=not quiet, log=echo,
-                               time_unit=time_unit_from_column(kw["time_col"]))
+                               time_unit=time_unit_from_column(kw["time_col"]),
+                               epoch_log=compare_logs(kw["out"]) if kw["log_data"] else None)
+    for name, example in result.examples.items():
+        if name in record.precision:
+            record.record_model(name, example.model)
+    record.write(kw["out"] / FILE_NAME, finished=True)
     click.echo(result.format())
     click.echo(f"results: {kw['out']}")
     if path is not None:

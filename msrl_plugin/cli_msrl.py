@@ -10,12 +10,15 @@ from .cli import cli, cohort_options, echo, load_cohort_from_flags, model_option
 from .cli_config import with_config
 from .cli_options import DEFAULT_SEED, with_threads
 from .errors import MSRLPluginError
+from .record_options import allow_changed_option, check_log_data, log_data_option, pretrain_record, provenance_options
 
 
 @cli.command()
 @cohort_options
 @model_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gsl_pretrained.pt"), show_default=True)
+@provenance_options
+@log_data_option
 @with_config
 @with_threads
 def pretrain(**kw):
@@ -29,15 +32,22 @@ def pretrain(**kw):
     if not kw["model"].startswith("msrl"):
         raise MSRLPluginError(f"pretrain is for the MSRL models, not {kw['model']!r}", fix="pass --model msrl")
     params = model_params(kw["model"], kw)
+    check_log_data(kw["log_data"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
     from .registry import create_aggregator
+    from .training_log import EpochLog, attached
 
     model = create_aggregator(kw["model"], **params)
+    recorded = kw["out"].with_name(kw["out"].name + ".provenance.json")
+    record = pretrain_record(kw, cohort, model, recorded)
     data = model._prepare_fit(cohort)
-    pre = model.pretrain(data, progress=not click.get_current_context().find_root().obj["quiet"])
+    log = EpochLog(kw["out"].with_name(kw["out"].name + ".tensorboard")) if kw["log_data"] else None
+    with attached(model, log):
+        pre = model.pretrain(data, progress=not click.get_current_context().find_root().obj["quiet"])
     path = save_pretrained(kw["out"], pre, model.feature_dim_, model.genomics_columns_, cohort.case_ids,
                            model.get_params(), model.pretrain_history_)
+    record.write(recorded, finished=True)
     from .pretrain_io import write_pretrain_report
 
     for line in write_pretrain_report(path, model.pretrain_history_):
@@ -58,9 +68,10 @@ def pretrain(**kw):
               help="MSRL's GSL pre-training epochs in each fold [20; --quick 3].")
 @click.option("--max-patches", type=int, default=None,
               help="Patches sampled per bag per training step, every model [128; --quick 64].")
+@allow_changed_option
 @with_config
 @with_threads
-def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches):
+def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches, allow_changed_inputs):
     """Generate the small semi-synthetic demo cohort (TRIDENT layout) and cross-validate on it.
 
     Every model gets the same budget. Torch threads: --threads, else OMP_NUM_THREADS, else the idle cores
@@ -86,4 +97,4 @@ def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches):
 
     say(f"{threads} torch thread(s)")
     run_demo(out, [m.strip() for m in models.split(",") if m.strip()], budget, seed, log=say,
-             progress=not root.obj.get("quiet"))
+             progress=not root.obj.get("quiet"), allow_changed_inputs=allow_changed_inputs)

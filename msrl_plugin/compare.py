@@ -34,6 +34,7 @@ from .metrics_extra import fold_survival_metrics
 from .registry import create_aggregator, get_aggregator_class, list_aggregators
 from .splits import Fold, kfold_splits
 from .survival import concordance_index, fit_bin_edges
+from .training_log import attached
 
 DEFAULT_BUDGET: dict[str, Any] = {"max_epochs": 20}
 PRIMARY = {"survival": "c_index", "classification": "auc"}
@@ -360,7 +361,8 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
                    params: dict[str, dict[str, Any]] | None = None, reference: str = "abmil",
                    budget: dict[str, Any] | None = None, external: dict[str, ExternalModel] | None = None,
                    n_boot: int = 10_000, out_dir: str | Path | None = None, progress: bool = False,
-                   log: Callable[[str], None] = print, borrowing_check: bool = True) -> ComparisonResult:
+                   log: Callable[[str], None] = print, borrowing_check: bool = True,
+                   epoch_log: Callable[..., Any] | None = None) -> ComparisonResult:
     """Run every model on the same ``(seed, fold)`` pairs and compare them against ``reference``.
 
     ``folds``: ``k`` (stratified k-fold drawn per seed) or a fixed list of folds used for every seed.
@@ -369,6 +371,7 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
     simple baselines) scored the same way. ``models`` may name post-fit variants (:func:`variant_of`).
     ``borrowing_check``: every model with real genomics in its buffer also runs as its shuffled-buffer
     control (a post-fit copy, no extra training) and :meth:`ComparisonResult.borrowing` reports the effect.
+    ``epoch_log(model, seed, fold, validation)``: an ``EpochLog`` per fit (``--log-data``).
     """
     budget = dict(DEFAULT_BUDGET if budget is None else budget)
     external = dict(external or {})
@@ -398,8 +401,11 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
             outputs: dict[str, tuple[pd.DataFrame, np.ndarray | None, float, Aggregator | None]] = {}
             for name in fitted:
                 model = create_aggregator(name, **{**resolved[name], "seed": seed})
+                fit_log = None if epoch_log is None else epoch_log(
+                    name, seed, fold, cohort.subset(fold.val) if fold.val else None)
                 start = time.perf_counter()
-                model.fit(train, progress=progress)
+                with attached(model, fit_log):
+                    model.fit(train, progress=progress)
                 seconds = time.perf_counter() - start
                 outputs[name] = (model.predict(test), getattr(model.task_, "edges", None), seconds, model)
                 histories.append(_tagged_history(model.training_history(), name, seed, fold.k))

@@ -75,7 +75,8 @@ def demo_threads(requested: int | None) -> int:
 
 
 def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, seed: int = 0,
-             log: Callable[[str], None] = print, progress: bool = True) -> dict[str, object]:
+             log: Callable[[str], None] = print, progress: bool = True,
+             allow_changed_inputs: bool = False) -> dict[str, object]:
     from .adapters.loader import load_cohort
     from .adapters.results import ResultsFolder
     from .aggregators.base import Aggregator
@@ -100,10 +101,15 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
         log(f"\n[{step}/{len(models) + 2}] {model}: {budget.k}-fold cross-validation, {budget.describe(model)}")
         # a re-run of the demo keeps the folds it already finished (settings are checked against config.json)
         sink = sinks[model] = ResultsFolder(out / "results", f"demo_{model}", seed, cohort, resume=True)
+        record = demo_record(sink.provenance_path(), cohort, paths, {model: params}, allow_changed_inputs,
+                             sink.holds_results())
+        sink.run_record = record
         sink.write_config({"model": model, "model_params": params, "k": budget.k, "seed": seed})
+        record.write(sink.provenance_path())
         start = time.perf_counter()
         results[model] = cross_validate(cohort, folds, model, params, sink, progress=progress, log=log)
         seconds[model] = time.perf_counter() - start
+        record.write(sink.provenance_path(), finished=True)
         log(f"{model}: {budget.k} folds in {seconds[model]:.0f}s")
         fitted[model] = {f.k: Aggregator.load(sink.checkpoint_path(f.k)) for f in folds[:1]}
     log(f"\n[{len(models) + 2}/{len(models) + 2}] summary")
@@ -121,11 +127,31 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
                                              "budget": {m: budget.params_for(m) for m in models},
                                              "selection_rule": SELECTION_RULE,
                                              "cohort": "semi-synthetic (msrl_plugin.synth, test tier)"})
+        record = demo_record(out / "compare" / "provenance.json", cohort, paths,
+                             {m: budget.params_for(m) for m in models}, allow_changed_inputs,
+                             (out / "compare" / "per_fold.csv").exists(), resume=False)
+        for name, by_fold in fitted.items():
+            record.record_model(name, next(iter(by_fold.values())))
         comparison.write(out / "compare")
         report = write_report(comparison, cohort, out / "compare", time_unit="months")
+        record.write(out / "compare" / "provenance.json", finished=True)
         log("\n" + comparison.format())
         log(f"report: {report}")
     return results
+
+
+def demo_record(recorded: Path, cohort, paths: dict[str, Path], models: dict[str, dict], allow_changed: bool,
+                holds_results: bool, resume: bool = True):
+    """The demo's provenance: its generated cohort is fingerprinted by content (every rerun rewrites the
+    files, so their times change, while the same seed writes the same bytes)."""
+    from .aggregators.base import resolve_device
+    from .provenance import start_record
+    from .registry import create_aggregator
+
+    return start_record("demo", recorded, cohort, str(resolve_device("auto")), features=paths["features_dir"],
+                        tables={"clinical": paths["clinical"], "genomics": paths["genomics"]}, hash_contents=True,
+                        allow_changed=allow_changed, holds_results=holds_results, resume=resume and holds_results,
+                        where="--out", models={m: create_aggregator(m, **p) for m, p in models.items()})
 
 
 def comparison_table(results: dict) -> pd.DataFrame:

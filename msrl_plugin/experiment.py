@@ -18,6 +18,7 @@ from .cohort import Cohort
 from .errors import BadInputError
 from .registry import create_aggregator
 from .splits import Fold
+from .training_log import attached
 
 SELECTION_RULE = "fixed epoch budget, last-epoch model (no early stopping; MCAT/SurvPath convention)"
 
@@ -45,10 +46,11 @@ class CVResult:
 
 
 def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any], progress: bool = False,
-             training_state=None) -> tuple[Aggregator, pd.DataFrame, dict[str, float], dict[str, Any]]:
+             training_state=None, epoch_log=None) -> tuple[Aggregator, pd.DataFrame, dict[str, float], dict[str, Any]]:
     """Fit on the fold's training cases only, predict its held-out cases, score them.
 
-    With ``training_state`` (a path) the fit checkpoints every epoch there and resumes from it.
+    With ``training_state`` (a path) the fit checkpoints every epoch there and resumes from it; with
+    ``epoch_log`` (an :class:`~msrl_plugin.training_log.EpochLog`) it reports per-epoch scalars there.
     """
     fold.check(cohort)
     model = create_aggregator(model_name, **params)
@@ -56,7 +58,8 @@ def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any]
         model.enable_resume(training_state)
     train = cohort.subset(fold.train)
     start = time.perf_counter()
-    model.fit(train, progress=progress)
+    with attached(model, epoch_log):
+        model.fit(train, progress=progress)
     fit_seconds = time.perf_counter() - start
     test = cohort.subset(fold.test)
     predictions = model.predict(test)
@@ -102,7 +105,8 @@ def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: d
                 histories[fold.k] = history
         else:
             state = None if sink is None else sink.training_state_path(fold)
-            model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state)
+            model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state,
+                                                          _epoch_log(writer, cohort, fold))
             histories[fold.k] = model.training_history()
             if writer is not None:
                 writer.write_fold(fold, model, predictions, metrics, extra)
@@ -115,6 +119,12 @@ def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: d
     if writer is not None:
         writer.write_summary(rows, cohort.task)
     return result
+
+
+def _epoch_log(sink, cohort: Cohort, fold: Fold):
+    """The sink's per-epoch log of ``fold`` (validated on its validation cases), when it keeps one."""
+    make = getattr(sink, "epoch_log", None)
+    return None if make is None else make(fold, cohort.subset(fold.val) if fold.val else None)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

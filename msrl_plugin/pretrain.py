@@ -8,6 +8,7 @@ Cases without genomics take part in the pathology graph only.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,9 +147,11 @@ def cross_modal_retrieval(model: GSLPretrainModel, data: CaseData, index: torch.
 
 
 def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSettings, generator: torch.Generator,
-                 device: torch.device, progress: bool = False) -> list[dict[str, float]]:
+                 device: torch.device, progress: bool = False,
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place on the given (training) cases; returns one row per epoch: the mean of each loss
     term and, when cases were held out, ``recall_at_k`` (WSI -> genomics retrieval on them) and its ``chance``.
+    ``on_epoch(epoch, row)`` (1-based epoch) sees each row as it is made (``--log-data``).
     """
     if settings.inter_level not in INTER_LEVELS:
         raise ValueError(f"inter_level must be one of {INTER_LEVELS}, got {settings.inter_level!r}")
@@ -179,4 +182,6 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
             row["chance"] = min(1.0, settings.retrieval_k / len(held))
             bar.set_postfix(loss=f"{row.get('loss', np.nan):.3f}", recall=f"{row['recall_at_k']:.2f}")
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(len(history), row)
     return history

@@ -1,6 +1,8 @@
 """``msrl-plugin demo``: the explicit equal budget, progress lines, the final table and the thread default."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from msrl_plugin import demo
@@ -48,6 +50,10 @@ def test_demo_runs_with_progress_and_a_self_describing_table(tmp_path):
     history = pd.read_csv(tmp_path / "compare" / "training_history.csv")
     assert set(history["model"]) == {"abmil", "msrl"}
     assert "data:image/png;base64," in (tmp_path / "compare" / "report.html").read_text()
+    record = json.loads((tmp_path / "compare" / "provenance.json").read_text())
+    assert record["command"] == "demo" and set(record["precision"]) == {"abmil", "msrl"}
+    assert all(json.loads((tmp_path / "results" / f"demo_{m}_s0" / "provenance.json").read_text())["folds"]
+               for m in ("abmil", "msrl"))
 
 
 def test_demo_help_names_the_budget_flags(capsys):

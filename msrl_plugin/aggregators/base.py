@@ -206,6 +206,8 @@ class Aggregator(BaseEstimator):
                     losses.append(loss.detach())  # read once per epoch: no host sync per step
             self.history_.append({"train_loss": float(torch.stack(losses).float().mean()) if losses else np.nan})
             self._save_training_state(epoch + 1, model, optimiser, extra_modules)
+            if self._epoch_log is not None:
+                self._epoch_log.end_epoch(self, epoch + 1, self.history_[-1]["train_loss"], optimiser)
 
     def training_history(self) -> pd.DataFrame:
         """Mean loss per epoch: columns ``stage`` (``pre-training`` for MSRL's stage 1, ``training``),
@@ -215,6 +217,15 @@ class Aggregator(BaseEstimator):
         rows += [{"stage": "training", "epoch": i, "loss": h.get("train_loss", np.nan)}
                  for i, h in enumerate(getattr(self, "history_", None) or [], start=1)]
         return pd.DataFrame(rows, columns=["stage", "epoch", "loss"])
+
+    # -- per-epoch scalars (--log-data) ------------------------------------------------------------
+    #: a :class:`~msrl_plugin.training_log.EpochLog` the training loops report to, or None
+    _epoch_log = None
+
+    def log_epochs_to(self, log) -> Aggregator:
+        """Report per-epoch scalars of the next ``fit`` to ``log`` (an ``EpochLog``; None stops)."""
+        self._epoch_log = log
+        return self
 
     # -- resume ----------------------------------------------------------------------------------
     _training_state_path: Path | None = None
@@ -343,6 +354,8 @@ class Aggregator(BaseEstimator):
             "training_case_ids": list(self.training_case_ids_),
             "state_dict": cpu_state(self.model_),
             "extra": self._extra_state(),
+            # how the model was made (msrl_plugin.provenance), when the run recorded it
+            "provenance": json.dumps(getattr(self, "provenance_", None), default=str),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -369,6 +382,7 @@ class Aggregator(BaseEstimator):
             raise CheckpointError(f"damaged or incomplete checkpoint ({type(exc).__name__}: {text})", path,
                                   _DAMAGED_FIX) from None
         model.checkpoint_path_ = Path(path)
+        model.provenance_ = _embedded_provenance(ckpt)
         return model
 
     @classmethod
@@ -396,6 +410,15 @@ class Aggregator(BaseEstimator):
                                   f"({str(exc).splitlines()[0]})", path) from exc
         model.model_ = module.to(model._device())
         return model
+
+
+def _embedded_provenance(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The run record a checkpoint carries (None for older checkpoints, or one that is not a JSON object)."""
+    try:
+        record = json.loads(ckpt.get("provenance") or "null")
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 _OTHER_STATE_FIX = "resume with the same flags and features, or move the file away to restart that fold"

@@ -266,6 +266,8 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
         self.teacher_history_ = prefit_genomic_teacher(net.gene_encoder, net.genomic_head, genomics, targets,
                                                        self.task_.loss, self.genomic_teacher_steps,
                                                        self._generator)
+        if self._epoch_log is not None:
+            self._epoch_log.teacher_steps(self.teacher_history_)
 
     @torch.no_grad()
     def _initialise_buffer(self, net: MSRLNetwork, data: CaseData, eligible: torch.Tensor) -> None:
@@ -301,24 +303,32 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
         use_real = batch.has_genomics if self.genomics_at_test else None
         f = net.online_nodes(h, batch.genomics, use_real)
         z, graph, mask = net.graph_forward(f, ids)
+        terms: dict[str, torch.Tensor] = {}  # for --log-data
         if net.genomic_head is None:
             logits = net.logits(z, f, h, graph)
-            loss = self.task_.loss(logits, batch.targets)
+            loss = terms["task"] = self.task_.loss(logits, batch.targets)
         else:  # the head and the borrowed risk each learn the task alone, so neither cancels the other
             own, borrowed = net.head(net.readout_features(z, f, h)), net.borrowed_logits(graph)
             logits = (own + borrowed) / 2
-            loss = self.task_.loss(own, batch.targets) + self.task_.loss(borrowed, batch.targets)
+            terms["task"], terms["task_borrowed"] = (self.task_.loss(own, batch.targets),
+                                                     self.task_.loss(borrowed, batch.targets))
+            loss = terms["task"] + terms["task_borrowed"]
+            if self._epoch_log is not None:  # how much of the prediction's magnitude is borrowed
+                terms["borrowed_share"] = (borrowed.abs().mean() /
+                                           (own.abs().mean() + borrowed.abs().mean() + 1e-12)).detach()
         pending.clear()
         has_real = batch.has_genomics.nonzero().squeeze(1)
         if net.genomic_head is not None and len(has_real):
             # r_G learns risk from real genomic embeddings, the kind of rows the buffer holds
             teacher = net.genomic_head(net.gene_encoder(batch.genomics[has_real]))
             targets = {k: v[has_real] for k, v in batch.targets.items()}
-            loss = loss + self.genomic_teacher_weight * self.task_.loss(teacher, targets)
+            terms["teacher"] = self.task_.loss(teacher, targets)
+            loss = loss + self.genomic_teacher_weight * terms["teacher"]
             if self.distill_weight > 0:  # the WSI-only prediction follows the case's own genomic risk [D]
                 own_risk = (net.buffer.lent_of([batch.case_ids[i] for i in has_real.tolist()])
                             if net.buffer.lent_dim else teacher.detach())  # cross-fitted: not its own label
-                loss = loss + self.distill_weight * torch.nn.functional.mse_loss(logits[has_real], own_risk)
+                terms["distill"] = torch.nn.functional.mse_loss(logits[has_real], own_risk)
+                loss = loss + self.distill_weight * terms["distill"]
         if h_t is not None:
             sub_ids = [ids[i] for i in sub.tolist()]
             with torch.no_grad():
@@ -331,8 +341,11 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
             # structure: each current node's row of the online dense similarity vs the target's edges
             l_s = balanced_bce(graph.similarity[sub, 0], graph_t.adj[:, 0], valid=mask[sub, 0])
             loss = loss + self.align_weight * (l_f + l_g + l_s)
+            terms.update(f_align=l_f, g_align=l_g, s_align=l_s)
             pending["features"] = (f_t if self.buffer_source == "target" else f[sub]).detach()
             pending["ids"] = sub_ids
+        if self._epoch_log is not None:
+            self._epoch_log.add_terms(terms)
         return loss
 
     def _f_align(self, net: MSRLNetwork, f: torch.Tensor, f_t: torch.Tensor, ids: list[str]) -> torch.Tensor:

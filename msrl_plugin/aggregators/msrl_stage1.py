@@ -29,7 +29,9 @@ class Stage1Mixin:
                                     inter_level=self.pretrain_inter_level, holdout=self.pretrain_holdout)
         show = self.verbose if progress is None else progress
         start = time.perf_counter()
-        self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show)
+        on_epoch = None if self._epoch_log is None else self._epoch_log.pretrain_epoch
+        self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show,
+                                              on_epoch=on_epoch)
         self.pretrain_seconds_ = time.perf_counter() - start
         return model
 
