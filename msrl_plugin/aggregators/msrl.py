@@ -230,7 +230,10 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
                                     inter_level=self.pretrain_inter_level, holdout=self.pretrain_holdout)
         show = self.verbose if progress is None else progress
         start = time.perf_counter()
-        self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show)
+        self.pretrain_history_ = pretrain_gsl(
+            model, data, settings, self._generator, self._device(), show,
+            on_epoch=lambda epoch, losses, module: self._check_finite(
+                epoch, losses, [module], data, "stage-1 pre-training", "--param pretrain_lr", self.pretrain_lr))
         self.pretrain_seconds_ = time.perf_counter() - start
         return model
 
@@ -304,14 +307,18 @@ class MSRLAggregator(BufferCoverageMixin, AttentionMixin, Aggregator):
         return self.genomics_at_test if self.train_gene_encoder is None else bool(self.train_gene_encoder)
 
     def _prefit_teacher(self, net: MSRLNetwork, data: CaseData) -> None:
-        from ..nn.genomic_teacher import prefit_genomic_teacher
+        from ..nn.genomic_teacher import PREFIT_LR, prefit_genomic_teacher
 
         rows = data.has_genomics.nonzero().squeeze(1)
         device = self._device()
-        self.teacher_history_ = prefit_genomic_teacher(
+        losses = prefit_genomic_teacher(
             net.gene_encoder, net.genomic_head, data.genomics[rows].to(device),
             {k: v[rows].to(device) for k, v in data.targets.items()}, self.task_.loss,
             self.genomic_teacher_steps, self._generator)
+        # its Adam settings are fixed, so a divergence here comes from the genomics' scale
+        self._check_finite(1, losses, [net.gene_encoder, net.genomic_head], data, "genomic-teacher pre-fit",
+                           "the fixed pre-fit lr", PREFIT_LR)
+        self.teacher_history_ = [float(v) for v in losses]
 
     @torch.no_grad()
     def _initialise_buffer(self, net: MSRLNetwork, data: CaseData, eligible: torch.Tensor) -> None:
