@@ -3,9 +3,10 @@
 An interrupted run therefore never leaves a truncated file that a later run would trust, and a write that fails
 (disk full, quota, permissions) is one :class:`MSRLPluginError` naming the file, with the temporary removed.
 Temporaries are named ``.<target name>.<pid>-<host>.<8 random chars>[suffix].tmp`` (the target name shortened
-with a hash when the whole would pass the file system's 255-byte name limit) and their writer holds a ``flock``
-on them: :func:`remove_stale_temporaries` deletes only those a dead process left behind, never the live
-temporary of another process writing into the same folder (fold jobs side by side).
+with a hash when the whole would pass the file system's 255-byte name limit): :func:`remove_stale_temporaries`
+deletes only those a dead process left behind, never the live temporary of another process writing into the same
+folder (fold jobs side by side). The writer holds no lock of its own on the temporary: HDF5 locks the files it
+writes itself and would refuse one already locked; a temporary some process does hold a lock on is kept.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MSRLPluginError
-from .locking import fcntl, is_locked_by_another
+from .locking import is_locked_by_another
 
 #: the longest file name (bytes) most file systems take (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)
 NAME_MAX = 255
@@ -108,9 +109,6 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
                               "choose a writable results directory") from exc
     tmp_path = Path(tmp)
     try:
-        if fcntl is not None:  # held until the rename: a sweep by another process sees a live temporary
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.chmod(tmp_path, _creation_mode(target))  # mkstemp makes 0600; a results file is made like any other
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -139,9 +137,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, target_name: str | None 
     """Delete the temporaries of :func:`atomic_path` in ``folder`` (only those of ``target_name`` when given)
     that their writer left behind; returns them.
 
-    A temporary is stale when no process holds its lock and its writer process (this machine) is gone, or,
-    for another machine's or a reused pid's, when it was last written :data:`STALE_AFTER_S` ago. Another live
-    process's temporary is never touched.
+    A temporary is stale when no process holds a lock on it and its writer process (on this machine) is gone,
+    or, for another machine's (or a reused pid's), when it was last written :data:`STALE_AFTER_S` ago. Another
+    live process's temporary is never touched.
     """
     removed = []
     with contextlib.suppress(OSError):
