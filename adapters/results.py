@@ -128,6 +128,10 @@ class ResultsFolder:
         current = json.loads(json.dumps(config, default=str))
         with folder_lock(self.path):  # fold jobs starting together read and write it in turn
             previous = self._read_config(path)
+            if previous is None and not self.resume and self.holds_results():  # another job's folds, unrecorded
+                raise MSRLPluginError("results folder holds results of a run whose settings are not recorded (no "
+                                      "config.json)", self.path, "pass --resume to continue that run, or choose "
+                                      "another --exp-code/--results-dir")
             changed = sorted(k for k in set(previous or {}) | set(current)
                              if k not in IGNORED_ON_RESUME | FOLD_RANGE_KEYS
                              and (previous or {}).get(k) != current.get(k))

@@ -172,6 +172,14 @@ def test_a_fold_job_with_other_settings_is_refused(capsys, files):
     assert _snapshot(files.results) == before
 
 
+def test_a_fold_job_beside_results_without_a_recorded_config_is_refused(capsys, files):
+    _ok(run_cli(capsys, *_job(files, 0, 1)))
+    (files.results / "abmil_s1" / "config.json").unlink()  # settings of the folds there are unknown
+    before = _snapshot(files.results)
+    assert_one_error(run_cli(capsys, *_job(files, 1, 3)), "settings are not recorded", "--resume")
+    assert _snapshot(files.results) == before
+
+
 def test_two_fold_jobs_started_together_leave_every_fold_in_the_summary(files):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     jobs = [subprocess.Popen([sys.executable, "-m", "msrl_plugin.cli", "-q", *map(str, _job(files, s, e))],
