@@ -18,6 +18,7 @@ import h5py
 
 from ..errors import BadInputError
 from .bags import PT_SUFFIXES, BagFile, detect_format, is_locked
+from .paths import missing_problem
 
 H5_SUFFIXES = (".h5", ".hdf5")
 COORDS_DIR = re.compile(r"^(?P<mag>\d+(?:\.\d+)?)x_(?P<ps>\d+)px_(?P<ov>\d+)px_overlap$")
@@ -173,7 +174,7 @@ def scan_bags(root: str | os.PathLike, patch_encoder: str | None = None, mag: fl
     """Like :func:`find_bags` but an index without bags is returned, not an error (for ``validate``)."""
     root = Path(root)
     if not root.exists():
-        raise BadInputError("features folder not found", root, "Check the --features path")
+        raise BadInputError(missing_problem(root, "features folder"), root, "Check the --features path")
     if not root.is_dir():
         raise BadInputError("expected a folder of feature bags, got a file", root, _FEATURES_FIX)
     if _feature_dirs(root):  # a coords dir, or a CLAM job dir holding features_<model>/

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..cohort import CLASSIFICATION, SURVIVAL, TASKS
 from ..errors import BadInputError
+from .paths import missing_problem
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tiff", ".tif", ".ndpi", ".mrxs", ".svslide", ".scn",
                     ".czi", ".vsi", ".bif")
@@ -90,7 +91,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     recognised) with every cell a ``str`` or NaN. Repeated column names are refused."""
     path = Path(path)
     if not path.is_file():
-        raise BadInputError("table not found" if not path.exists() else "not a file", path, "Check the path")
+        raise BadInputError(missing_problem(path, "table") if not path.exists() else "not a file", path,
+                            "Check the path")
     sep = _separator(path)
     try:
         frame = _parse(path, sep)
@@ -245,6 +247,10 @@ def read_clinical(path: str | os.PathLike, task: str, *, case_col: str = "case_i
     return ClinicalTable(cases, slides, task, path)
 
 
+#: the largest genomic value standardisation handles: beyond it the float32 tensors overflow
+_LARGEST_GENOMIC = float(np.finfo(np.float32).max)
+
+
 def read_genomics(path: str | os.PathLike, case_col: str | None = None) -> pd.DataFrame:
     """A numeric ``(cases, features)`` float64 frame indexed by ``case_id`` (not standardised).
 
@@ -273,6 +279,12 @@ def read_genomics(path: str | os.PathLike, case_col: str | None = None) -> pd.Da
         i, k = (int(x[0]) for x in np.nonzero(bad.to_numpy()))
         raise BadInputError(f"{where(i)}, column {cols[k]!r}: non-numeric value {raw.iat[i, k]!r}", path,
                             "The genomics table must hold only the case id and numbers (drop text columns)")
+    huge = (values.abs() > _LARGEST_GENOMIC).to_numpy()
+    if huge.any():  # standardising would overflow (its squares, then float32): NaN training, not an error
+        i, k = (int(x[0]) for x in np.nonzero(huge))
+        raise BadInputError(f"{where(i)}, column {cols[k]!r}: value {raw.iat[i, k]} is too large to standardise "
+                            f"(|x| > {_LARGEST_GENOMIC:.3g}, beyond 32-bit floats)", path,
+                            "Rescale that column (e.g. log2(x + 1)) or check how the table was exported")
     values.index = pd.Index(ids, name="case_id")
     values = values.dropna(how="all")
     if values.empty:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import BadInputError
 from .bags import BagReport, guess_format, inspect_bag
 from .layouts import feature_folder_settings, find_feature_folders, scan_bags
+from .paths import missing_problem
 
 
 @dataclass
@@ -94,7 +95,7 @@ def validate_tree(root: str | os.PathLike, patch_encoder: str | None = None, mag
     several encoders, or one features folder); the filters keep only the matching folders."""
     root = Path(root)
     if not root.exists():
-        raise BadInputError("folder not found", root, "Check the DIRECTORY argument")
+        raise BadInputError(missing_problem(root, "folder"), root, "Check the DIRECTORY argument")
     wanted = {"patch_encoder": patch_encoder, "mag": mag, "patch_size": patch_size, "overlap": overlap}
     reports = []
     for folder in find_feature_folders(root):

@@ -91,6 +91,7 @@ def model_options(fn):
 
 def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters for ``model`` from the flags (only those the model accepts) and ``--param``."""
+    from .cli_compare import parse_value
     from .registry import create_aggregator, get_aggregator_class
 
     valid = set(get_aggregator_class(model)._get_param_names())
@@ -107,7 +108,7 @@ def model_params(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             raise MSRLPluginError(f"model {model!r} has no parameter {key!r}",
                                   fix=f"valid: {', '.join(sorted(valid))}")
         try:
-            params[key] = yaml.safe_load(raw)
+            params[key] = parse_value(raw)  # 1e6 a number, as YAML 1.1 would not read it
         except yaml.YAMLError:
             params[key] = raw  # the value check below names it
     create_aggregator(model, **params)  # every value checked (scikit-learn style) before any work
@@ -199,7 +200,8 @@ def train(**kw):
                                                                                                  kw["seed"])
     folds = select_folds(all_folds, kw["k_start"], kw["k_end"])
     check_fold_inputs(kw["model"], params, cohort, folds)
-    sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"])
+    sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"],
+                         folds=folds, n_folds=len(all_folds))
     record = results_record("train", kw, cohort, sink, {kw["model"]: params})
     if kw["resume"]:
         sink.check_resumable(folds, kw["model"], params)
@@ -208,10 +210,12 @@ def train(**kw):
         record.write(sink.provenance_path())
     quiet = click.get_current_context().find_root().obj["quiet"]
     if kw["devices"] > 1:
+        import os
+
         from .distributed import launch
         from .experiment import CVResult, distributed_cross_validate
 
-        summary_file = sink.path / ".devices_summary.csv"
+        summary_file = sink.path / f".devices_summary.{os.getpid()}.csv"  # fold jobs may share the folder
         launch(kw["devices"], distributed_cross_validate, cohort, folds, kw["model"], params, sink, quiet,
                summary_file, device=str(resolve_device(kw["device"])))
         result = CVResult(kw["model"], pd.read_csv(summary_file))
@@ -287,10 +291,13 @@ def predict(**kw):
     """Predict new cases with a saved model (WSI only for WSI-inference models)."""
     from .adapters.loader import load_unlabelled_cohort
     from .aggregators.base import Aggregator
-    from .atomic import write_csv
+    from .atomic import atomic_paths, check_name_length, csv_safe
 
     require(kw, "features")
+    bins_path = kw["out"].with_name(f"{kw['out'].stem}_survival_bins.csv")
     model = Aggregator.load(kw["model_path"], device=kw["device"])
+    for path in (kw["out"], bins_path) if model.task_.name == "survival" else (kw["out"],):
+        check_name_length(path)  # before the work: the file system would refuse it only at the end
     cohort = load_unlabelled_cohort(kw["features"], model.task_.name, kw["clinical"], kw["genomics"],
                                     patch_encoder=kw["patch_encoder"], mag=kw["mag"], patch_size=kw["patch_size"],
                                     overlap=kw["overlap"], case_col=kw["case_col"], slide_col=kw["slide_col"],
@@ -301,10 +308,11 @@ def predict(**kw):
     predictions = model.predict(cohort)
     predictions.insert(0, "slide_id", [";".join(cohort.slides[c]) for c in predictions.index])
     bins = survival_bins_table(model)
-    bins_path = kw["out"].with_name(f"{kw['out'].stem}_survival_bins.csv")
-    write_csv(kw["out"], predictions, index=True)
-    if bins is not None:
-        write_csv(bins_path, bins)
+    outputs = [(kw["out"], ".csv")] + ([(bins_path, ".csv")] if bins is not None else [])
+    with atomic_paths(*outputs) as tmps:  # predictions and their bin edges: both files or neither
+        csv_safe(predictions).to_csv(tmps[0], index=True)
+        if bins is not None:
+            csv_safe(bins).to_csv(tmps[1], index=False)
     record.write(provenance_path, finished=True)
     echo(f"{len(predictions)} predictions -> {kw['out']}" + (f" (bin edges: {bins_path})" if bins is not None else ""))
 

@@ -66,6 +66,11 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: s[0]] for p, s in zip(parts, sizes)])
 
 
+def all_true(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on every rank (so all ranks take the same branch)."""
+    return all(gather_objects(bool(flag)))
+
+
 def gather_objects(obj: Any) -> list[Any]:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)

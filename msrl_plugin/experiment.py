@@ -15,6 +15,7 @@ import pandas as pd
 from . import distributed
 from .aggregators.base import Aggregator
 from .cohort import Cohort
+from .divergence import TrainingDivergedError
 from .errors import BadInputError
 from .registry import create_aggregator
 from .splits import Fold
@@ -105,8 +106,11 @@ def cross_validate(cohort: Cohort, folds: list[Fold], model_name: str, params: d
                 histories[fold.k] = history
         else:
             state = None if sink is None else sink.training_state_path(fold)
-            model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state,
-                                                          _epoch_log(writer, cohort, fold))
+            try:
+                model, predictions, metrics, extra = run_fold(cohort, fold, model_name, params, progress, state,
+                                                              _epoch_log(writer, cohort, fold))
+            except TrainingDivergedError as exc:
+                raise exc.in_fold(fold.k, _diverged_fix(writer, fold)) from None
             histories[fold.k] = model.training_history()
             if writer is not None:
                 writer.write_fold(fold, model, predictions, metrics, extra)
@@ -125,6 +129,19 @@ def _epoch_log(sink, cohort: Cohort, fold: Fold):
     """The sink's per-epoch log of ``fold`` (validated on its validation cases), when it keeps one."""
     make = getattr(sink, "epoch_log", None)
     return None if make is None else make(fold, cohort.subset(fold.val) if fold.val else None)
+
+
+def _diverged_fix(writer: ResultsSink | None, fold: Fold) -> str:
+    """Set the diverged fold's training state aside (it would diverge again on --resume) and say how to go on."""
+    fix = "lower the learning rate or rescale the inputs"
+    set_aside = getattr(writer, "set_aside_training_state", None)
+    if set_aside is None:
+        return fix + ", then fit again"
+    moved, holds_results = set_aside(fold)
+    where = ("under another --exp-code (a run with changed settings cannot --resume this one; its finished folds "
+             "are kept)" if holds_results else "(this results folder holds no finished fold)")
+    kept = f"; the fold's last finite training state was set aside as {moved.name}" if moved is not None else ""
+    return f"{fix}, then run again {where}{kept}"
 
 
 def _fmt(metrics: dict[str, float]) -> str:

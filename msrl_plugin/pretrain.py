@@ -148,10 +148,14 @@ def cross_modal_retrieval(model: GSLPretrainModel, data: CaseData, index: torch.
 
 def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSettings, generator: torch.Generator,
                  device: torch.device, progress: bool = False,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                 check_epoch: Callable[[int, list[torch.Tensor], torch.nn.Module], None] | None = None
+                 ) -> list[dict[str, float]]:
     """Train ``model`` in place on the given (training) cases; returns one row per epoch: the mean of each loss
     term and, when cases were held out, ``recall_at_k`` (WSI -> genomics retrieval on them) and its ``chance``.
-    ``on_epoch(epoch, row)`` (1-based epoch) sees each row as it is made (``--log-data``).
+
+    ``check_epoch(epoch, losses, model)`` runs after each epoch's steps (1-based; the finite-loss guard);
+    ``on_epoch(epoch, row)`` sees each row as it is made (``--log-data``).
     """
     if settings.inter_level not in INTER_LEVELS:
         raise ValueError(f"inter_level must be one of {INTER_LEVELS}, got {settings.inter_level!r}")
@@ -163,8 +167,8 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history = []
     bar = tqdm(range(settings.epochs), desc="GSL pre-training", disable=None if progress else True, leave=False)
-    for _ in bar:
-        epoch = []
+    for epoch_number in bar:
+        epoch, losses = [], []
         for index in batches(train_idx[torch.randperm(len(train_idx), generator=generator)], settings.batch_size):
             if len(index) < 2:
                 continue
@@ -174,7 +178,10 @@ def pretrain_gsl(model: GSLPretrainModel, data: CaseData, settings: PretrainSett
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            losses.append(loss.detach())
             epoch.append({"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
+        if check_epoch is not None:
+            check_epoch(epoch_number + 1, losses, model)
         row = {k: float(np.mean([e.get(k, np.nan) for e in epoch])) for k in epoch[0]} if epoch else {}
         if len(held) >= 2 and model.gene_encoder is not None:
             row["recall_at_k"] = cross_modal_retrieval(model, data, held, settings.retrieval_k, device,

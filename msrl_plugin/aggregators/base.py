@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..atomic import write_torch
 from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
+from ..checkpoint_contents import check_bin_edges, check_scaler
 from ..cohort import Cohort
+from ..divergence import TrainingDivergedError, all_finite, likely_cause
 from ..errors import BadInputError, CheckpointError
 from ..nn.optim import make_adam
 from ..precision import PRECISIONS, resolve_precision
@@ -204,10 +206,21 @@ class Aggregator(BaseEstimator):
                     after_step(batch)
                 if loss is not None:
                     losses.append(loss.detach())  # read once per epoch: no host sync per step
+            self._check_finite(epoch + 1, losses, [model, *extra_modules.values()], data)
             self.history_.append({"train_loss": float(torch.stack(losses).float().mean()) if losses else np.nan})
             self._save_training_state(epoch + 1, model, optimiser, extra_modules)
             if self._epoch_log is not None:
                 self._epoch_log.end_epoch(self, epoch + 1, self.history_[-1]["train_loss"], optimiser)
+
+    def _check_finite(self, epoch: int, losses: list[torch.Tensor], modules: list[nn.Module], data: CaseData,
+                      stage: str = "training", lr_flag: str = "--lr", lr: float | None = None) -> None:
+        """Stop the fit when a loss or weight of this epoch is non-finite; nothing of it is saved."""
+        finite = all_finite(losses, modules)
+        if distributed.is_distributed():  # every rank stops together (a rank's own loss may differ)
+            finite = distributed.all_true(finite)
+        if not finite:
+            cause = likely_cause(self.lr if lr is None else lr, lr_flag, data.bags, data.case_ids)
+            raise TrainingDivergedError(self.name, stage, epoch, cause)
 
     def training_history(self) -> pd.DataFrame:
         """Mean loss per epoch: columns ``stage`` (``pre-training`` for MSRL's stage 1, ``training``),
@@ -277,6 +290,12 @@ class Aggregator(BaseEstimator):
                 json.dumps(self.get_params(), default=str)):
             raise CheckpointError("training state was written by a run with other settings", path,
                                   _OTHER_STATE_FIX)
+        tensors = [v for part in (state.get("model"), *state.get("modules", {}).values()) if isinstance(part, dict)
+                   for v in part.values() if torch.is_tensor(v) and v.is_floating_point()]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):  # left by a diverged run of an older version
+            raise CheckpointError("training state holds non-finite weights (NaN/Inf): that run diverged and cannot "
+                                  "be resumed", path, "move the file away and run again with a lower --lr (or "
+                                  "rescaled inputs) under another --exp-code")
         return state
 
     def check_training_state(self, path: str | Path, cohort: Cohort) -> None:
@@ -294,8 +313,8 @@ class Aggregator(BaseEstimator):
         return {}
 
     def clear_training_state(self) -> None:
-        if self.has_training_state():
-            self._training_state_path.unlink()
+        if self._training_state_path is not None:  # another job of the same fold may have removed it already
+            self._training_state_path.unlink(missing_ok=True)
 
     # -- predict -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -397,9 +416,12 @@ class Aggregator(BaseEstimator):
         if model.task_.n_outputs < 1 or ("n_bins" in params and bins is not None and bins != params["n_bins"]):
             raise CheckpointError(f"damaged checkpoint: its task has {model.task_.n_outputs} outputs", path,
                                   _DAMAGED_FIX)
+        if model.task_.name == "survival":
+            check_bin_edges(model.task_.edges, model.task_.n_bins, path)
         model.feature_dim_ = int(ckpt["feature_dim"])
         model.genomics_columns_ = list(ckpt["genomics_columns"])
         model.scaler_ = GenomicsScaler(ckpt["genomics_mean"].numpy(), ckpt["genomics_std"].numpy())
+        check_scaler(model.scaler_.mean, model.scaler_.std, len(model.genomics_columns_), path)
         model.training_case_ids_ = list(ckpt["training_case_ids"])
         model._set_extra_state(ckpt.get("extra", {}))
         module = model._build_model(model.feature_dim_, len(model.genomics_columns_), model.task_.n_outputs)
@@ -432,6 +454,11 @@ def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        truncated = _truncated(path, exc)
+        if truncated:
+            raise CheckpointError(f"truncated or damaged checkpoint ({truncated})", path,
+                                  "copy or download the file again (compare its size with the original), or "
+                                  "re-save the model") from None
         # name the refused pickled global, not torch's advice on how to load the file unsafely
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -440,13 +467,45 @@ def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) 
                               "only checkpoints written by msrl-plugin can be loaded; "
                               "pickled objects are never executed") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else None
+        if found in _FORMATS and found != expected_format:  # another msrl-plugin file: say which
+            model = ckpt.get("aggregator")
+            of = f" of a {str(model)[:40]!r} model" if isinstance(model, str) else ""
+            raise CheckpointError(f"this is {_FORMATS[found]}{of}, not {_FORMATS.get(expected_format, 'one')}",
+                                  path, _FORMAT_FIX.get(expected_format))
         raise CheckpointError("not an msrl-plugin checkpoint (a CLAM/raw state_dict?)", path,
-                              "pass a model.pt written by msrl-plugin train")
+                              _FORMAT_FIX.get(expected_format, _FORMAT_FIX[CHECKPOINT_FORMAT]))
     version = ckpt.get("version", 0)
     if type(version) is not int or version > CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint version {str(version)[:40]!r} is not one this msrl-plugin reads "
                               f"(<= {CHECKPOINT_VERSION})", path, "upgrade msrl-plugin, or re-save the model")
     return ckpt
+
+
+#: the files msrl-plugin writes, by their ``format`` value (pretrain_io's is spelled out: it imports this module)
+_FORMATS = {CHECKPOINT_FORMAT: "a trained msrl-plugin model checkpoint (msrl-plugin train)",
+            TRAINING_STATE_FORMAT: "an msrl-plugin training state (a fold in progress)",
+            "msrl-plugin-pretrained-gsl": "an MSRL stage-1 pre-training checkpoint (msrl-plugin pretrain)"}
+_FORMAT_FIX = {CHECKPOINT_FORMAT: "pass a model checkpoint written by msrl-plugin train (s_<k>_checkpoint.pt)",
+               "msrl-plugin-pretrained-gsl": "pass a file written by msrl-plugin pretrain as pretrained=..., or "
+                                             "leave pretrained unset to pre-train inside each fold"}
+
+
+def _truncated(path: Path, exc: Exception) -> str | None:
+    """Why the file looks cut short (an interrupted copy or download), or None."""
+    text = str(exc)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head == b"PK\x03\x04" and ("central directory" in text or "zip archive" in text or "failed reading" in text):
+        return "the file ends early: its table of contents is missing"
+    if isinstance(exc, EOFError) or "Ran out of input" in text:
+        return "the file ends early"
+    return None
 
 
 def cpu_state(module: nn.Module) -> dict[str, Any]:

@@ -253,7 +253,7 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
                 and getattr(self, "teacher_crossfit", 0) > 0 and not self._trains_gene_encoder())
 
     def _prefit_teacher(self, net: MSRLNetwork, data: CaseData) -> None:
-        from ..nn.genomic_teacher import crossfit_genomic_risk, prefit_genomic_teacher
+        from ..nn.genomic_teacher import PREFIT_LR, crossfit_genomic_risk, prefit_genomic_teacher
 
         rows = data.has_genomics.nonzero().squeeze(1)
         device = self._device()
@@ -263,9 +263,13 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
             lent = crossfit_genomic_risk(net.gene_encoder, net.genomic_head, genomics, targets, self.task_.loss,
                                          self.genomic_teacher_steps, self._generator, self.teacher_crossfit)
             net.buffer.set_lent_table([data.case_ids[i] for i in rows.tolist()], lent)
-        self.teacher_history_ = prefit_genomic_teacher(net.gene_encoder, net.genomic_head, genomics, targets,
-                                                       self.task_.loss, self.genomic_teacher_steps,
-                                                       self._generator)
+        losses = prefit_genomic_teacher(net.gene_encoder, net.genomic_head, genomics, targets, self.task_.loss,
+                                        self.genomic_teacher_steps, self._generator)
+        # its Adam settings are fixed, so a divergence here comes from the genomics' scale
+        self._check_finite(1, losses + ([] if not self._lends_stored() else [lent.sum()]),
+                           [net.gene_encoder, net.genomic_head], data, "genomic-teacher pre-fit",
+                           "the fixed pre-fit lr", PREFIT_LR)
+        self.teacher_history_ = [float(v) for v in losses]
         if self._epoch_log is not None:
             self._epoch_log.teacher_steps(self.teacher_history_)
 

@@ -30,8 +30,10 @@ class Stage1Mixin:
         show = self.verbose if progress is None else progress
         start = time.perf_counter()
         on_epoch = None if self._epoch_log is None else self._epoch_log.pretrain_epoch
-        self.pretrain_history_ = pretrain_gsl(model, data, settings, self._generator, self._device(), show,
-                                              on_epoch=on_epoch)
+        self.pretrain_history_ = pretrain_gsl(
+            model, data, settings, self._generator, self._device(), show, on_epoch=on_epoch,
+            check_epoch=lambda epoch, losses, module: self._check_finite(
+                epoch, losses, [module], data, "stage-1 pre-training", "--param pretrain_lr", self.pretrain_lr))
         self.pretrain_seconds_ = time.perf_counter() - start
         return model
 

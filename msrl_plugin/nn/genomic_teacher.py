@@ -21,11 +21,11 @@ PREFIT_BATCH = 1024
 
 def prefit_genomic_teacher(gene_encoder: nn.Module, genomic_head: nn.Module, genomics: torch.Tensor,
                            targets: dict[str, torch.Tensor], loss: Callable[..., torch.Tensor], steps: int,
-                           generator: torch.Generator) -> list[float]:
+                           generator: torch.Generator) -> list[torch.Tensor]:
     """``steps`` Adam steps of ``loss(genomic_head(gene_encoder(genomics)), targets)`` over random batches of
     at most ``PREFIT_BATCH`` rows (the whole set when smaller); both modules are left in eval mode.
 
-    Returns the loss of every step (for the training history)."""
+    Returns the loss of every step (detached tensors: read once by the caller, no host sync per step)."""
     modules = nn.ModuleList([gene_encoder, genomic_head]).train()
     optimiser = torch.optim.Adam(modules.parameters(), lr=PREFIT_LR, weight_decay=PREFIT_WEIGHT_DECAY)
     n = len(genomics)
@@ -39,7 +39,7 @@ def prefit_genomic_teacher(gene_encoder: nn.Module, genomic_head: nn.Module, gen
         optimiser.step()
         losses.append(value.detach())
     modules.eval()
-    return [float(v) for v in losses]
+    return losses
 
 
 def crossfit_genomic_risk(gene_encoder: nn.Module, genomic_head: nn.Module, genomics: torch.Tensor,
