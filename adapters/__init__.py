@@ -1,5 +1,7 @@
 """Readers and writers for the files TRIDENT, CLAM, STAMP and friends produce (installed as msrl_plugin.adapters)."""
-from .bags import BagFile, BagReport, FileBagSource, inspect_bag, is_locked, load_pt_bag, read_bag, read_bag_attrs
+from .bag_inspection import BagReport, inspect_bag
+from .bag_source import FileBagSource
+from .bags import BagFile, is_locked, load_pt_bag, read_bag, read_bag_attrs
 from .clam import find_split_files, read_clam_dataset_csv, read_split_file, resolve_split_ids
 from .layouts import BagIndex, find_bags
 from .loader import load_clam_cohort, load_cohort

@@ -6,11 +6,9 @@ Formats (``BagFile.fmt``): ``trident`` (h5 ``features`` + ``coords`` with TRIDEN
 """
 from __future__ import annotations
 
-import collections
 import os
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ TRIDENT_COORD_ATTRS = frozenset({"patch_size", "level0_magnification", "target_m
 EMPTY_PROBLEM = "empty bag (0 patches)"
 EMPTY_FIX = ("Pass --on-empty skip to leave such slides out (TRIDENT writes 0-patch files for slides with "
              "too little tissue), or re-run patching with a lower tissue threshold")
-_SCAN_BYTES = 1 << 24  # NaN scan block size
 
 
 @dataclass
@@ -294,149 +291,3 @@ def read_bag_attrs(path: str | os.PathLike) -> dict[str, Any]:
         raise BadInputError(p.problem, path, p.fix) from None
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise BadInputError(f"cannot read the coords attributes ({_short(exc)})", path, _REEXTRACT) from None
-
-
-# -- inspection (validate) -------------------------------------------------------------------------
-@dataclass
-class BagReport:
-    """What :func:`inspect_bag` found; ``problems`` is empty for a usable bag."""
-
-    slide_id: str
-    path: Path
-    fmt: str
-    n_patches: int | None = None
-    dim: int | None = None
-    dtype: str = ""
-    problems: list[str] = field(default_factory=list)
-    locked: bool = False
-
-    @property
-    def status(self) -> str:
-        """``'ok'``, ``'locked'``, ``'empty'`` or ``'error: <first problem>'``."""
-        if self.locked:
-            return "locked"
-        if self.n_patches == 0:
-            return "empty"
-        return f"error: {self.problems[0]}" if self.problems else "ok"
-
-
-def _scan_nonfinite(ds: h5py.Dataset, shape: tuple[int, ...]) -> int:
-    """Rows with NaN/Inf, read in blocks so memory stays bounded."""
-    n, d = shape
-    step = max(1, _SCAN_BYTES // max(1, d * ds.dtype.itemsize))
-    bad = 0
-    for start in range(0, n, step):
-        block = ds[0, start:start + step] if len(ds.shape) == 3 else ds[start:start + step]
-        with np.errstate(over="ignore", invalid="ignore"):
-            block = np.asarray(block, dtype=np.float32)
-        bad += int((~np.isfinite(block).all(axis=1)).sum())
-    return bad
-
-
-def _describe(report: BagReport, raw_shape: tuple[int, ...]) -> tuple[int, ...]:
-    shape = _squeeze(raw_shape)
-    if len(shape) == 2 or (len(shape) == 1 and shape[0] == 0):
-        report.n_patches = shape[0]
-    report.dim = shape[1] if len(shape) == 2 else None
-    return shape
-
-
-def _inspect(report: BagReport, scan_values: bool) -> None:
-    path = report.path
-    if report.fmt == "pt":
-        features, coords = load_pt_payload(path)
-        report.dtype = str(features.dtype)
-        _describe(report, tuple(features.shape))
-        _finish(features, coords)
-        return
-    if not path.is_file():
-        raise _Problem("bag file not found")
-    with _open_h5(path) as f:
-        key, header = _h5_header(f)
-        report.fmt, report.dtype = header.fmt, str(header.dtype)
-        shape = _describe(report, header.shape)
-        _check_header(header)
-        if scan_values:
-            n_bad = _scan_nonfinite(f[key], shape)
-            if n_bad:
-                raise _nonfinite_problem(n_bad, shape[0])
-
-
-def inspect_bag(path: str | os.PathLike, *, scan_values: bool = True) -> BagReport:
-    """Shape, dtype and problems of one bag, without raising (reads headers, plus a NaN scan if asked).
-
-    Locked bags (still being written) are reported as such and not opened.
-    """
-    path = Path(path)
-    report = BagReport(path.stem, path, guess_format(path), locked=is_locked(path))
-    if report.locked:
-        return report
-    try:
-        _inspect(report, scan_values)
-    except _Problem as p:
-        report.problems.append(p.problem)
-    except MSRLPluginError as exc:
-        report.problems.append(exc.problem)
-    except Exception as exc:  # noqa: BLE001 - inspection must report, never raise
-        report.problems.append(f"cannot read ({type(exc).__name__}: {_short(exc)})")
-    return report
-
-
-# -- a BagSource over files -------------------------------------------------------------------------
-class FileBagSource:
-    """A :class:`~msrl_plugin.cohort.BagSource` over bag files, with an LRU cache bounded by ``cache_bytes``.
-
-    ``files`` maps slide id to a path or :class:`BagFile`. ``feature_dim`` is read lazily from the first
-    non-empty bag's header (or given); a bag with another dim raises :class:`BadInputError`.
-    """
-
-    def __init__(self, files: Mapping[str, Path | str | BagFile], cache_bytes: int = 2**30,
-                 feature_dim: int | None = None):
-        self.files = {str(sid): f if isinstance(f, BagFile) else BagFile(str(sid), Path(f), guess_format(f))
-                      for sid, f in files.items()}
-        self.cache_bytes = int(cache_bytes)
-        self._dim = feature_dim
-        self._cache: collections.OrderedDict[str, BagArrays] = collections.OrderedDict()
-        self._cached_bytes = 0
-
-    @property
-    def feature_dim(self) -> int:
-        if self._dim is None:
-            for bag_file in self.files.values():
-                report = inspect_bag(bag_file.path, scan_values=False)
-                if report.dim and not report.problems and not report.locked:
-                    self._dim = report.dim
-                    break
-            else:
-                raise BadInputError("no readable non-empty bag to take the feature dim from",
-                                    fix="Run `msrl-plugin validate` on the features folder")
-        return self._dim
-
-    def load(self, slide_id: str) -> BagArrays:
-        """The bag of ``slide_id``: features ``(N, D) float32``, coords ``(N, 2) int64`` or None."""
-        if slide_id in self._cache:
-            self._cache.move_to_end(slide_id)
-            return self._cache[slide_id]
-        bag_file = self.files.get(slide_id)
-        if bag_file is None:
-            raise BadInputError(f"no bag file for slide {slide_id!r}", fix="Check the slide ids in the tables")
-        bag = read_bag(bag_file.path, bag_file.fmt)
-        dim = bag.features.shape[1]
-        if self._dim is None:
-            self._dim = dim
-        elif dim != self._dim:
-            raise BadInputError(f"feature dim {dim} differs from {self._dim} of the other bags: mixed encoders?",
-                                bag_file.path, "Use one patch encoder's features for the whole cohort "
-                                "(--patch-encoder)")
-        self._remember(slide_id, bag)
-        return bag
-
-    def _remember(self, slide_id: str, bag: BagArrays) -> None:
-        size = bag.features.nbytes + (0 if bag.coords is None else bag.coords.nbytes)
-        if size > self.cache_bytes:
-            return
-        self._cache[slide_id] = bag
-        self._cached_bytes += size
-        while self._cached_bytes > self.cache_bytes:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= old.features.nbytes + (0 if old.coords is None else old.coords.nbytes)

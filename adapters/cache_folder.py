@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import BadInputError
@@ -165,3 +165,24 @@ def remove_own_data_files(folder: Path, keep: str) -> None:
             continue  # not ours: never deleted
         with contextlib.suppress(OSError):  # still open by a reader on Windows: next time
             path.unlink()
+
+
+@contextlib.contextmanager
+def exclusive(cache_dir: Path) -> Iterator[None]:
+    """An advisory inter-process lock on the cache (no-op where ``fcntl`` is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one writer at a time is the user's responsibility
+        yield
+        return
+    with open_lock(cache_dir) as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def fsync(fh) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())

@@ -12,7 +12,9 @@ import pandas as pd
 
 from ..cohort import CLASSIFICATION, Cohort
 from ..errors import BadInputError
-from .bags import EMPTY_FIX, FileBagSource, inspect_bag, read_bag
+from .bag_inspection import inspect_bag
+from .bag_source import FileBagSource
+from .bags import EMPTY_FIX, read_bag
 from .clam import read_clam_dataset_csv
 from .layouts import BagIndex, find_bags
 from .packed_cache import build_or_update_packed_cache

@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,10 +43,11 @@ from .cache_folder import (
     ForeignFile,
     claim_cache_folder,
     create_data_file,
+    exclusive,
+    fsync,
     new_data_name,
     open_data_for_append,
     open_data_for_reading,
-    open_lock,
     read_index_text,
     remove_own_data_files,
 )
@@ -267,27 +268,6 @@ def _write_index(cache_dir: Path, name: str, data_bytes: int, entries: Mapping[s
                                    "data_bytes": data_bytes, "entries": rows})
 
 
-@contextlib.contextmanager
-def _exclusive(cache_dir: Path) -> Iterator[None]:
-    """An advisory inter-process lock on the cache (no-op where ``fcntl`` is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: one writer at a time is the user's responsibility
-        yield
-        return
-    with open_lock(cache_dir) as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _fsync(fh) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
 # -- writing ---------------------------------------------------------------------------------------
 def _read_source(bag_file: BagFile, float16: bool) -> tuple[np.ndarray, np.ndarray | None]:
     path = bag_file.path
@@ -351,7 +331,7 @@ def _compact(cache_dir: Path, name: str, entries: dict[str, PackedEntry]) -> tup
             shift = new_offset - start
             moved[key] = PackedEntry(e.source, e.size, e.mtime_ns, e.offset + shift, e.n, e.dim, e.dtype,
                                      None if e.coords_offset is None else e.coords_offset + shift)
-        _fsync(dst)
+        fsync(dst)
         size = dst.tell()
     return new_name, size, moved
 
@@ -374,7 +354,7 @@ def build_or_update_packed_cache(files: Mapping[str, BagFile | str | os.PathLike
     cache_dir = claim_cache_folder(Path(cache_dir), {f.path.parent for f in bag_files.values()})
     dtype = "float16" if float16 else "float32"
     update = CacheUpdate()
-    with _exclusive(cache_dir):
+    with exclusive(cache_dir):
         remove_stale_temporaries(cache_dir)  # index writes a killed process left (the lock is ours)
         name, data_bytes, entries = _read_index(cache_dir)
         entries = {k: e for k, e in entries.items() if Path(k).exists()}
@@ -403,11 +383,11 @@ def build_or_update_packed_cache(files: Mapping[str, BagFile | str | os.PathLike
                 update.written.append(slide_id)
                 pending += entry.nbytes
                 if pending >= _CHECKPOINT_BYTES:
-                    _fsync(fh)
+                    fsync(fh)
                     data_bytes = fh.tell()
                     _write_index(cache_dir, name, data_bytes, entries)
                     pending = 0
-            _fsync(fh)  # data first, then the index that points at it
+            fsync(fh)  # data first, then the index that points at it
             data_bytes = fh.tell()
         live = sum(e.nbytes for e in entries.values())
         waste = data_bytes - len(HEADER) - live

@@ -191,7 +191,7 @@ class ResultsFolder:
     def check_resumable(self, folds, model_name: str, params: dict[str, Any]) -> None:
         """On ``--resume``, every kept fold output and training state must belong to this run and cohort:
         checked before any work, so a foreign file is one error instead of a crash at fold k."""
-        from msrl_plugin.aggregators.base import read_checkpoint
+        from msrl_plugin.checkpoint import read_checkpoint
         from msrl_plugin.registry import create_aggregator
 
         for fold in folds:

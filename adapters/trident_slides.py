@@ -33,7 +33,8 @@ import torch
 
 from ..atomic import atomic_path, write_json, write_text
 from ..errors import BadInputError
-from .bags import inspect_bag, read_bag
+from .bag_inspection import inspect_bag
+from .bags import read_bag
 from .layouts import find_bags
 
 TRIDENT_LAYOUTS = ("trident_job", "trident_coords_dir", "trident_features")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError
-from .bags import BagReport, guess_format, inspect_bag
+from .bag_inspection import BagReport, inspect_bag
+from .bags import guess_format
 from .layouts import feature_folder_settings, find_feature_folders, scan_bags
 from .paths import missing_problem
 

@@ -30,7 +30,7 @@ from msrl_plugin.adapters import load_cohort
 from msrl_plugin.adapters.packed_cache import build_or_update_packed_cache
 
 from msrl_plugin.aggregators.abmil import ABMILAggregator
-from msrl_plugin.cli_compare import parse_value
+from msrl_plugin.cli.compare import parse_value
 from msrl_plugin.cohort import Cohort
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 

@@ -1,7 +1,7 @@
 """The method benchmark of ``shared/benchmark.md``: does MSRL beat a strong ABMIL, and for the right reason?
 
 For every grid point (generator knobs) and seed, one semi-synthetic cohort is generated in memory and every
-method runs on its folds (site-held-out by default) with the same epoch budget (``msrl_plugin.compare``).
+method runs on its folds (site-held-out by default) with the same epoch budget (``msrl_plugin.evaluation.compare``).
 Paired statistics are over (seed, fold); then the expected orderings are checked one by one.
 
 Methods, in the protocol's order (those not registered yet are skipped with a note):
@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msrl_plugin import stats
 from msrl_plugin.atomic import write_csv, write_json
 from msrl_plugin.cohort import Cohort
-from msrl_plugin.compare import ComparisonResult, compare_models, merge_results, variant_of
+from msrl_plugin.evaluation import stats
+from msrl_plugin.evaluation.compare import ComparisonResult, compare_models, merge_results, variant_of
+from msrl_plugin.evaluation.splits import Fold
 from msrl_plugin.registry import list_aggregators
-from msrl_plugin.splits import Fold
 from msrl_plugin.synth import CohortConfig, SynthCohort, generate_cohort
 
 ORDER = ["oracle", "wsi_oracle", "fusion", "msrl_multi", "genomics_cox", "msrl", "recon_fusion",
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     grid = [{}] if args.default_only else (GRIDS[args.grid] if args.grid else None)
-    from msrl_plugin.cli_compare import parse_value
+    from msrl_plugin.cli.compare import parse_value
 
     def pairs(items: list[str]) -> dict[str, Any]:
         return {k: parse_value(v) for k, _, v in (item.partition("=") for item in items)}

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from msrl_plugin.aggregators.msrl_fitted import shuffle_buffer_genomics
 from msrl_plugin.batching import batches, collate
-from msrl_plugin.compare import shuffle_buffer_genomics
+from msrl_plugin.evaluation.metrics import concordance_index
 from msrl_plugin.registry import create_aggregator
-from msrl_plugin.survival import concordance_index
 from msrl_plugin.synth import CohortConfig, generate_cohort
 
 BUDGET = {"max_epochs": 20, "max_patches": 128}
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="an MSRL setting")
     args = parser.parse_args(argv)
-    from msrl_plugin.cli_compare import parse_value
+    from msrl_plugin.cli.compare import parse_value
 
     params = {**MSRL_QUICK, **{k: parse_value(v) for k, _, v in (p.partition("=") for p in args.param)}}
     torch.set_num_threads(1)

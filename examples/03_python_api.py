@@ -12,7 +12,7 @@ from msrl_plugin.adapters import load_cohort
 
 from msrl_plugin import create_aggregator
 from msrl_plugin.aggregators.base import Aggregator
-from msrl_plugin.splits import kfold_splits
+from msrl_plugin.evaluation.splits import kfold_splits
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
 

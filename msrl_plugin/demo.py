@@ -80,10 +80,10 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
     from .adapters.loader import load_cohort
     from .adapters.results import ResultsFolder
     from .aggregators.base import Aggregator
-    from .compare import borrowing_controls, from_cv_results, variant_of
-    from .experiment import SELECTION_RULE, CVResult, cross_validate
-    from .report import write_report
-    from .splits import kfold_splits
+    from .evaluation.compare import borrowing_controls, from_cv_results, variant_of
+    from .evaluation.crossval import SELECTION_RULE, CVResult, cross_validate
+    from .evaluation.report import write_report
+    from .evaluation.splits import kfold_splits
     from .synth import CohortConfig, generate_cohort, write_cohort
 
     budget = budget or DemoBudget()
@@ -169,7 +169,7 @@ def comparison_table(results: dict) -> pd.DataFrame:
 def summary_text(table: pd.DataFrame, budget: DemoBudget, models: list[str], seconds: dict[str, float],
                  n_cases: int) -> str:
     """The final table with what it shows: the metric, the budgets, the cohort, the paired-test floor."""
-    from .stats import too_few_pairs_note
+    from .evaluation.stats import too_few_pairs_note
 
     lines = [f"Held-out Harrell's c-index per fold (0.5 = chance, 1 = perfect ranking) on the test cases of "
              f"each of {budget.k} folds;",

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from .aggregators.base import cpu_state, read_checkpoint
 from .atomic import write_torch
+from .checkpoint import cpu_state, read_checkpoint
 
 PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"
 

@@ -25,7 +25,7 @@ from .aggregators.base import Aggregator
 from .aggregators.msrl import MSRLAggregator
 from .cohort import CLASSIFICATION, SURVIVAL, Cohort
 from .errors import BadInputError
-from .survival import concordance_index
+from .evaluation.metrics import concordance_index
 
 _Y_FIX = "Pass y=None (targets from the cohort), sksurv.util.Surv.from_arrays(event, time) or survival_y(...)"
 

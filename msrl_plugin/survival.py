@@ -68,30 +68,3 @@ def nll_survival_loss(logits: torch.Tensor, bins: torch.Tensor, censorship: torc
     censored = -c * torch.log(s_at)
     loss = (1.0 - alpha) * (censored + uncensored) + alpha * uncensored
     return loss.mean()
-
-
-def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-                      tied_tol: float = 1e-8) -> float:
-    """Harrell's c-index for risk scores (higher = earlier event): scikit-survival's
-    ``concordance_index_censored``, the implementation SurvPath reports (ties in risk count one half).
-
-    Returns NaN when no pair is comparable (no event, or every event at the last time).
-    """
-    from sksurv.metrics import concordance_index_censored
-
-    try:  # scikit-survival names the case; older versions divide by zero
-        from sksurv.exceptions import NoComparablePairException as no_comparable_pair
-    except ImportError:  # pragma: no cover
-        no_comparable_pair = ZeroDivisionError
-    time = np.asarray(time, dtype=np.float64)
-    event = np.asarray(event).astype(bool)
-    risk = np.asarray(risk, dtype=np.float64)
-    if not np.all(np.isfinite(risk)):
-        raise ValueError("risk scores contain NaN or Inf")
-    if len(time) < 2 or not event.any():
-        return float("nan")
-    try:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return float(concordance_index_censored(event, time, risk, tied_tol)[0])
-    except no_comparable_pair:  # events, but no comparable pair
-        return float("nan")

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from .cohort import CLASSIFICATION, SURVIVAL, Cohort
 from .errors import BadInputError
-from .survival import assign_bins, concordance_index, fit_bin_edges, nll_survival_loss, survival_curve
+from .evaluation.metrics import concordance_index
+from .survival import assign_bins, fit_bin_edges, nll_survival_loss, survival_curve
 
 
 class SurvivalTask:

@@ -251,12 +251,12 @@ def test_defects_name_file_problem_and_fix(tmp_path, kit):
 
 
 def test_inspect_scans_in_blocks(tmp_path, monkeypatch):
-    from msrl_plugin.adapters import bags
+    from msrl_plugin.adapters import bag_inspection
 
     x = np.ones((100, 4), np.float32)
     x[97] = np.nan
     _h5(tmp_path / "n.h5", features=x)
-    monkeypatch.setattr(bags, "_SCAN_BYTES", 64)
+    monkeypatch.setattr(bag_inspection, "_SCAN_BYTES", 64)
     assert inspect_bag(tmp_path / "n.h5").problems == ["features contain NaN/Inf in 1 of 100 rows"]
     assert inspect_bag(tmp_path / "n.h5", scan_values=False).status == "ok"
 

@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-import msrl_plugin.cli_compare  # noqa: F401  (registers the commands until cli.py imports it)
 from msrl_plugin.cli import main
-from msrl_plugin.cli_compare import parse_model_params, parse_value
+from msrl_plugin.cli.common import parse_value
+from msrl_plugin.cli.compare import parse_model_params
 from msrl_plugin.errors import MSRLPluginError
 
 

@@ -8,8 +8,8 @@ import pytest
 from _cli import run
 
 from msrl_plugin.cli import cli
-from msrl_plugin.cli_config import config_keys
-from msrl_plugin.cli_options import WarnOnce, model_default, model_defaults_text
+from msrl_plugin.cli.config import config_keys
+from msrl_plugin.cli.options import WarnOnce, model_default, model_defaults_text
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from _cohorts import easy_classification_cohort, easy_survival_cohort
 
-from msrl_plugin import metrics_extra
-from msrl_plugin.compare import ComparisonResult, compare_models, resolve_params, shuffle_buffer_genomics
+from msrl_plugin.aggregators.msrl_fitted import shuffle_buffer_genomics
 from msrl_plugin.errors import MSRLPluginError
-from msrl_plugin.report import km_figure, report_figures, write_report
+from msrl_plugin.evaluation import metrics as eval_metrics
+from msrl_plugin.evaluation.compare import ComparisonResult, compare_models, resolve_params
+from msrl_plugin.evaluation.report import km_figure, report_figures, write_report
 
 MSRL_FAST = {"pretrain_epochs": 0, "embed_dim": 16, "buffer_size": 32}
 MODELS = ["abmil", "msrl_random_gsl", "msrl_random_gsl:shuffled_buffer"]
@@ -40,7 +41,7 @@ def test_identical_folds_and_budget_across_models(compared, cohort):
     assert sorted(assignments["abmil"].index) == sorted(cohort.case_ids)  # out-of-fold: every case once
     assert all(p["max_epochs"] == 2 for p in result.config["params"].values())
     full = result.config["model_params"]  # every value each model used, its own defaults included
-    from msrl_plugin.cli_options import model_default
+    from msrl_plugin.cli.options import model_default
 
     assert full["abmil"]["lr"] == model_default("abmil", "lr")
     assert full["msrl_random_gsl"]["lr"] == model_default("msrl_random_gsl", "lr")
@@ -56,7 +57,7 @@ def test_tables_have_the_expected_shapes(compared):
     metrics = result.metrics()
     assert metrics[0] == "c_index"
     extras = {"c_index_ipcw", "ibs", "td_auc"}
-    assert extras <= set(metrics) or not metrics_extra.sksurv_available()
+    assert extras <= set(metrics) or not eval_metrics.sksurv_available()
     assert len(result.per_fold) == len(MODELS) * 2
     assert list(result.summary().index) == MODELS
     paired = result.paired()
@@ -90,7 +91,7 @@ def test_report_html_is_self_contained_and_every_axis_is_labelled(compared, coho
     assert "{" not in text.split("</style>")[1]  # no raw dicts printed
     assert not re.search(r"<tr>\s*(<th>\s*</th>\s*)+</tr>", text)  # no empty header rows
     assert "cannot go below 2/2^2 = 0.5" in text  # 2 folds: a Wilcoxon p cannot reach 0.05
-    if metrics_extra.sksurv_available():  # each fold names where its IBS and td-AUC were evaluated
+    if eval_metrics.sksurv_available():  # each fold names where its IBS and td-AUC were evaluated
         assert "Evaluation times of the time-dependent metrics" in text
         assert all(times in text for times in result.per_fold["eval_times"].dropna())
     assert (out / "figures" / "kaplan_meier.png").is_file()
@@ -132,7 +133,7 @@ def test_training_histories_are_kept_and_written(compared):
 
 
 def test_attention_panel_is_drawn_like_heatmap(compared, cohort):
-    from msrl_plugin.report import attention_figure
+    from msrl_plugin.evaluation.report import attention_figure
 
     result, _ = compared
     ex = result.examples["abmil"]
@@ -195,7 +196,7 @@ def test_bad_requests_are_clear_errors(cohort):
         "abmil": {"max_epochs": 4}, "msrl": {"max_epochs": 4}}
 
 
-@pytest.mark.skipif(not metrics_extra.sksurv_available(), reason="scikit-survival not installed")
+@pytest.mark.skipif(not eval_metrics.sksurv_available(), reason="scikit-survival not installed")
 def test_survival_extras_rank_good_predictions_above_shuffled_ones():
     rng = np.random.default_rng(0)
     n = 160
@@ -207,27 +208,27 @@ def test_survival_extras_rank_good_predictions_above_shuffled_ones():
     good = pd.DataFrame(surv, columns=[f"survival_bin{j}" for j in range(4)])
     good.insert(0, "risk", -surv.sum(1))
     bad = good.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    g = metrics_extra.survival_extras(t[:100], e[:100], t[100:], e[100:], good, edges)
-    b = metrics_extra.survival_extras(t[:100], e[:100], t[100:], e[100:], bad, edges)
-    assert set(g) == set(metrics_extra.EXTRA_SURVIVAL_METRICS)
+    g = eval_metrics.survival_extras(t[:100], e[:100], t[100:], e[100:], good, edges)
+    b = eval_metrics.survival_extras(t[:100], e[:100], t[100:], e[100:], bad, edges)
+    assert set(g) == set(eval_metrics.EXTRA_SURVIVAL_METRICS)
     assert g["c_index_ipcw"] > 0.75 > b["c_index_ipcw"]
     assert g["td_auc"] > b["td_auc"] and g["ibs"] < b["ibs"]
-    none = metrics_extra.survival_extras(t[:100], e[:100], t[100:], np.zeros(60), good, edges)
+    none = eval_metrics.survival_extras(t[:100], e[:100], t[100:], np.zeros(60), good, edges)
     assert all(np.isnan(v) for v in none.values())  # no test events: NaN, not an exception
-    only_ipcw = metrics_extra.survival_extras(t[:100], e[:100], t[100:], e[100:], good[["risk"]], None)
+    only_ipcw = eval_metrics.survival_extras(t[:100], e[:100], t[100:], e[100:], good[["risk"]], None)
     assert np.isfinite(only_ipcw["c_index_ipcw"]) and np.isnan(only_ipcw["ibs"])
 
 
 def test_survival_extras_absent_without_sksurv(monkeypatch):
-    monkeypatch.setattr(metrics_extra, "sksurv_available", lambda: False)
+    monkeypatch.setattr(eval_metrics, "sksurv_available", lambda: False)
     frame = pd.DataFrame({"risk": [0.1, 0.2]})
-    assert metrics_extra.survival_extras([1, 2], [1, 1], [1, 2], [1, 0], frame, [0, 1, 2]) == {}
+    assert eval_metrics.survival_extras([1, 2], [1, 1], [1, 2], [1, 0], frame, [0, 1, 2]) == {}
 
 
 def test_from_cv_results_rescores_finished_cross_validation(cohort):
-    from msrl_plugin.compare import from_cv_results
-    from msrl_plugin.experiment import cross_validate
-    from msrl_plugin.splits import kfold_splits
+    from msrl_plugin.evaluation.compare import from_cv_results
+    from msrl_plugin.evaluation.crossval import cross_validate
+    from msrl_plugin.evaluation.splits import kfold_splits
 
     folds = kfold_splits(cohort, 2, 0)
     params = {"max_epochs": 1, "hidden_dim": 16, "attn_dim": 8, "seed": 0}
@@ -239,7 +240,7 @@ def test_from_cv_results_rescores_finished_cross_validation(cohort):
     got = result.per_fold.loc[result.per_fold["model"] == "abmil_fast", "c_index"].to_numpy()
     assert np.allclose(got, expected)
     assert len(result.paired()) >= 1 and not result.examples
-    if metrics_extra.sksurv_available():  # bins refitted on each fold's training cases without a model
+    if eval_metrics.sksurv_available():  # bins refitted on each fold's training cases without a model
         assert result.per_fold["td_auc"].notna().all() and result.per_fold["eval_times"].str.startswith("bin").all()
 
 
@@ -300,7 +301,7 @@ def test_benchmark_ordering_verdicts():
 
 
 def test_borrowing_controls_are_added_once_in_either_spelling():
-    from msrl_plugin.compare import borrowing_controls
+    from msrl_plugin.evaluation.compare import borrowing_controls
 
     assert borrowing_controls(["abmil", "msrl", "msrl_multi", "msrl_h"]) == ["msrl:shuffled_buffer",
                                                                             "msrl_multi:shuffled_buffer"]
@@ -311,7 +312,7 @@ def test_borrowing_controls_are_added_once_in_either_spelling():
 def test_borrowing_check_verdicts():
     import pandas as pd
 
-    from msrl_plugin.compare import ComparisonResult
+    from msrl_plugin.evaluation.compare import ComparisonResult
 
     rows = [{"model": m, "seed": 0, "fold": k, "c_index": v}
             for k in range(8) for m, v in (("abmil", 0.6), ("msrl", 0.65 + 0.001 * k),

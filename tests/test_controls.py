@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msrl_plugin.experiment import cross_validate
-from msrl_plugin.splits import kfold_splits
-from msrl_plugin.survival import concordance_index
+from msrl_plugin.evaluation.crossval import cross_validate
+from msrl_plugin.evaluation.metrics import concordance_index
+from msrl_plugin.evaluation.splits import kfold_splits
 from msrl_plugin.synth import CohortConfig, generate_cohort
 
 SMALL = dict(max_epochs=6, seed=0, batch_size=16)

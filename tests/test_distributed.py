@@ -5,8 +5,8 @@ import pytest
 from _cohorts import easy_survival_cohort
 
 from msrl_plugin.distributed import launch
-from msrl_plugin.experiment import cross_validate, distributed_cross_validate
-from msrl_plugin.splits import kfold_splits
+from msrl_plugin.evaluation.crossval import cross_validate, distributed_cross_validate
+from msrl_plugin.evaluation.splits import kfold_splits
 
 CASES = {
     "abmil": dict(max_epochs=3, dropout=0.0, batch_size=8, seed=0, device="cpu"),

@@ -31,7 +31,8 @@ from msrl_plugin.adapters import (
 )
 
 from msrl_plugin.aggregators.abmil import ABMILAggregator
-from msrl_plugin.aggregators.base import CHECKPOINT_FORMAT, Aggregator, read_checkpoint
+from msrl_plugin.aggregators.base import Aggregator
+from msrl_plugin.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from msrl_plugin.errors import MSRLPluginError
 from msrl_plugin.pretrain_io import PRETRAIN_FORMAT, read_pretrained
 

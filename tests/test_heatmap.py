@@ -9,7 +9,6 @@ import torch
 from matplotlib.image import imread, imsave
 from msrl_plugin.adapters.bags import read_bag, read_bag_attrs
 
-import msrl_plugin.cli_toolkit  # noqa: F401 - registers heatmap until cli.py imports it
 from msrl_plugin import Cohort, InMemoryBags, create_aggregator
 from msrl_plugin.cli import main
 from msrl_plugin.errors import MSRLPluginError

@@ -115,7 +115,7 @@ def test_cross_fitted_risks_carry_no_memorised_label():
 
 def test_msrl_rows_lend_their_cross_fitted_risk_and_the_control_moves_it(tmp_path):
     from msrl_plugin.aggregators.base import Aggregator
-    from msrl_plugin.compare import shuffle_buffer_genomics
+    from msrl_plugin.aggregators.msrl_fitted import shuffle_buffer_genomics
 
     cohort = easy_survival_cohort(n=40, genomics_dim=6, seed=2)
     model = create_aggregator("msrl", max_epochs=1, pretrain_epochs=0, embed_dim=16, batch_size=20, k=3,

@@ -11,6 +11,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from msrl_plugin import Cohort
 from msrl_plugin.aggregators import ABMILAggregator, MSRLAggregator
 from msrl_plugin.errors import BadInputError
+from msrl_plugin.evaluation.metrics import concordance_index
 from msrl_plugin.sklearn_api import (
     ABMILClassifier,
     ABMILSurvival,
@@ -20,7 +21,6 @@ from msrl_plugin.sklearn_api import (
     survival_arrays,
     survival_y,
 )
-from msrl_plugin.survival import concordance_index
 
 TINY_ABMIL = {"max_epochs": 2, "hidden_dim": 16, "attn_dim": 8, "lr": 5e-3, "device": "cpu"}
 TINY_MSRL = {"max_epochs": 1, "pretrain_epochs": 1, "embed_dim": 8, "buffer_size": 8, "k": 3, "device": "cpu"}

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msrl_plugin import stats
+from msrl_plugin.evaluation import stats
 
 
 def test_wilcoxon_exact_hand_cases():
@@ -94,7 +94,7 @@ def test_bootstrap_ci_equals_the_hand_written_percentile_bootstrap():
 def test_too_few_pairs_note_matches_the_exact_wilcoxon_floor():
     from scipy import stats as sps
 
-    from msrl_plugin.stats import min_wilcoxon_p, too_few_pairs_note
+    from msrl_plugin.evaluation.stats import min_wilcoxon_p, too_few_pairs_note
 
     for n in (3, 5, 6):  # every difference positive: the exact test's smallest p
         assert min_wilcoxon_p(n) == pytest.approx(sps.wilcoxon(np.arange(1.0, n + 1)).pvalue)

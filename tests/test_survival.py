@@ -6,9 +6,9 @@ import torch
 from lifelines.utils import concordance_index as lifelines_cindex
 
 from msrl_plugin.errors import BadInputError
+from msrl_plugin.evaluation.metrics import concordance_index
 from msrl_plugin.survival import (
     assign_bins,
-    concordance_index,
     fit_bin_edges,
     nll_survival_loss,
     risk_from_logits,

@@ -139,7 +139,7 @@ def test_logging_changes_no_result(tmp_path, name, params):
 
 def test_compare_logs_each_fit_in_its_own_run(tmp_path):
     needs_tensorboard()
-    from msrl_plugin.compare import compare_models
+    from msrl_plugin.evaluation.compare import compare_models
     from msrl_plugin.training_log import compare_logs
 
     data = easy_survival_cohort(n=40, genomics_dim=4)

@@ -25,7 +25,6 @@ from msrl_plugin.adapters.trident_slides import (
     read_slide_features,
 )
 
-import msrl_plugin.cli_toolkit  # noqa: F401 - registers encode-slides until cli.py imports it
 from msrl_plugin import Cohort, InMemoryBags, create_aggregator
 from msrl_plugin.cli import main
 from msrl_plugin.errors import BadInputError

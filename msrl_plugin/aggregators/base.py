@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +22,15 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..atomic import write_torch
 from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
-from ..checkpoint_contents import check_bin_edges, check_scaler
+from ..checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    check_bin_edges,
+    check_scaler,
+    cpu_state,
+    embedded_provenance,
+    read_checkpoint,
+)
 from ..cohort import Cohort
 from ..divergence import TrainingDivergedError, all_finite, likely_cause
 from ..errors import BadInputError, CheckpointError
@@ -31,10 +38,7 @@ from ..nn.optim import make_adam
 from ..precision import PRECISIONS, resolve_precision
 from ..tasks import make_task, task_from_state
 from .params import _DAMAGED_FIX, PARAMETER_CONSTRAINTS, check_params
-
-CHECKPOINT_FORMAT = "msrl-plugin-model"
-CHECKPOINT_VERSION = 1
-TRAINING_STATE_FORMAT = "msrl-plugin-training-state"
+from .training_state import TrainingStateMixin
 
 
 def resolve_device(device: str) -> torch.device:
@@ -61,7 +65,7 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class Aggregator(BaseEstimator):
+class Aggregator(TrainingStateMixin, BaseEstimator):
     """Base class of every slide/case aggregator (ABMIL, MSRL and its variants, multimodal references).
 
     Parameters
@@ -240,82 +244,6 @@ class Aggregator(BaseEstimator):
         self._epoch_log = log
         return self
 
-    # -- resume ----------------------------------------------------------------------------------
-    _training_state_path: Path | None = None
-
-    def enable_resume(self, path: str | Path) -> Aggregator:
-        """Checkpoint the training state to ``path`` after each epoch and resume from it if it exists."""
-        self._training_state_path = Path(path)
-        return self
-
-    def has_training_state(self) -> bool:
-        return self._training_state_path is not None and self._training_state_path.is_file()
-
-    def _save_training_state(self, epoch: int, model: nn.Module, optimiser, extra_modules) -> None:
-        if self._training_state_path is None or not distributed.is_main():
-            return
-        state = {"format": TRAINING_STATE_FORMAT, "aggregator": self.name, "epoch": epoch,
-                 "params": json.dumps(self.get_params(), default=str), "model": cpu_state(model),
-                 "feature_dim": int(self.feature_dim_), "genomics_columns": list(self.genomics_columns_),
-                 "optimiser": optimiser.state_dict(), "modules": {k: cpu_state(m) for k, m in extra_modules.items()},
-                 "history": json.dumps(self.history_), "extra": json.dumps(self._resume_extra()),
-                 "generator": self._generator.get_state(), "torch_rng": torch.get_rng_state()}
-        write_torch(self._training_state_path, state)
-
-    def _restore_training_state(self, model: nn.Module, optimiser, extra_modules) -> int:
-        if not self.has_training_state():
-            return 0
-        state = self._read_training_state(self._training_state_path)
-        if state.get("feature_dim", self.feature_dim_) != self.feature_dim_:
-            raise CheckpointError(f"training state was written for {state['feature_dim']}-d features, these are "
-                                  f"{self.feature_dim_}-d", self._training_state_path, _OTHER_STATE_FIX)
-        try:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-        except (RuntimeError, ValueError, KeyError) as exc:  # other features or genomics columns
-            raise CheckpointError(f"training state does not fit this model ({str(exc).splitlines()[0][:120]})",
-                                  self._training_state_path, _OTHER_STATE_FIX) from None
-        for name, module in extra_modules.items():
-            module.load_state_dict(state["modules"][name])
-        self.history_ = json.loads(state["history"])
-        for name, value in json.loads(state["extra"]).items():
-            setattr(self, name, value)
-        self._generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        return int(state["epoch"])
-
-    def _read_training_state(self, path: Path) -> dict[str, Any]:
-        state = read_checkpoint(path, TRAINING_STATE_FORMAT)
-        if state.get("aggregator") != self.name or json.loads(state["params"]) != json.loads(
-                json.dumps(self.get_params(), default=str)):
-            raise CheckpointError("training state was written by a run with other settings", path,
-                                  _OTHER_STATE_FIX)
-        tensors = [v for part in (state.get("model"), *state.get("modules", {}).values()) if isinstance(part, dict)
-                   for v in part.values() if torch.is_tensor(v) and v.is_floating_point()]
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):  # left by a diverged run of an older version
-            raise CheckpointError("training state holds non-finite weights (NaN/Inf): that run diverged and cannot "
-                                  "be resumed", path, "move the file away and run again with a lower --lr (or "
-                                  "rescaled inputs) under another --exp-code")
-        return state
-
-    def check_training_state(self, path: str | Path, cohort: Cohort) -> None:
-        """Refuse, before any work, a training state of another model, settings or features than ``cohort``'s."""
-        state = self._read_training_state(Path(path))
-        columns = [] if cohort.genomics is None else [str(c) for c in cohort.genomics.columns]
-        if state.get("feature_dim", cohort.feature_dim) != cohort.feature_dim or \
-                state.get("genomics_columns", columns) != columns:
-            raise CheckpointError(f"training state was written for {state.get('feature_dim')}-d features and "
-                                  f"{len(state.get('genomics_columns', columns))} genomic column(s), not this "
-                                  f"cohort's {cohort.feature_dim}-d and {len(columns)}", path, _OTHER_STATE_FIX)
-
-    def _resume_extra(self) -> dict[str, Any]:
-        """Fitted attributes outside the modules that a resumed run restores (name -> JSON-able value)."""
-        return {}
-
-    def clear_training_state(self) -> None:
-        if self._training_state_path is not None:  # another job of the same fold may have removed it already
-            self._training_state_path.unlink(missing_ok=True)
-
     # -- predict -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -401,7 +329,7 @@ class Aggregator(BaseEstimator):
             raise CheckpointError(f"damaged or incomplete checkpoint ({type(exc).__name__}: {text})", path,
                                   _DAMAGED_FIX) from None
         model.checkpoint_path_ = Path(path)
-        model.provenance_ = _embedded_provenance(ckpt)
+        model.provenance_ = embedded_provenance(ckpt)
         return model
 
     @classmethod
@@ -432,82 +360,3 @@ class Aggregator(BaseEstimator):
                                   f"({str(exc).splitlines()[0]})", path) from exc
         model.model_ = module.to(model._device())
         return model
-
-
-def _embedded_provenance(ckpt: dict[str, Any]) -> dict[str, Any] | None:
-    """The run record a checkpoint carries (None for older checkpoints, or one that is not a JSON object)."""
-    try:
-        record = json.loads(ckpt.get("provenance") or "null")
-    except (TypeError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-_OTHER_STATE_FIX = "resume with the same flags and features, or move the file away to restart that fold"
-
-
-def read_checkpoint(path: str | Path, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
-    """Read a checkpoint safely: tensors and plain values only (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint file not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        truncated = _truncated(path, exc)
-        if truncated:
-            raise CheckpointError(f"truncated or damaged checkpoint ({truncated})", path,
-                                  "copy or download the file again (compare its size with the original), or "
-                                  "re-save the model") from None
-        # name the refused pickled global, not torch's advice on how to load the file unsafely
-        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        what = f"it holds a pickled object, {refused.group(1)}" if refused else first[:160]
-        raise CheckpointError(f"not a safe msrl-plugin checkpoint (refused to load: {what})", path,
-                              "only checkpoints written by msrl-plugin can be loaded; "
-                              "pickled objects are never executed") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else None
-        if found in _FORMATS and found != expected_format:  # another msrl-plugin file: say which
-            model = ckpt.get("aggregator")
-            of = f" of a {str(model)[:40]!r} model" if isinstance(model, str) else ""
-            raise CheckpointError(f"this is {_FORMATS[found]}{of}, not {_FORMATS.get(expected_format, 'one')}",
-                                  path, _FORMAT_FIX.get(expected_format))
-        raise CheckpointError("not an msrl-plugin checkpoint (a CLAM/raw state_dict?)", path,
-                              _FORMAT_FIX.get(expected_format, _FORMAT_FIX[CHECKPOINT_FORMAT]))
-    version = ckpt.get("version", 0)
-    if type(version) is not int or version > CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint version {str(version)[:40]!r} is not one this msrl-plugin reads "
-                              f"(<= {CHECKPOINT_VERSION})", path, "upgrade msrl-plugin, or re-save the model")
-    return ckpt
-
-
-#: the files msrl-plugin writes, by their ``format`` value (pretrain_io's is spelled out: it imports this module)
-_FORMATS = {CHECKPOINT_FORMAT: "a trained msrl-plugin model checkpoint (msrl-plugin train)",
-            TRAINING_STATE_FORMAT: "an msrl-plugin training state (a fold in progress)",
-            "msrl-plugin-pretrained-gsl": "an MSRL stage-1 pre-training checkpoint (msrl-plugin pretrain)"}
-_FORMAT_FIX = {CHECKPOINT_FORMAT: "pass a model checkpoint written by msrl-plugin train (s_<k>_checkpoint.pt)",
-               "msrl-plugin-pretrained-gsl": "pass a file written by msrl-plugin pretrain as pretrained=..., or "
-                                             "leave pretrained unset to pre-train inside each fold"}
-
-
-def _truncated(path: Path, exc: Exception) -> str | None:
-    """Why the file looks cut short (an interrupted copy or download), or None."""
-    text = str(exc)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError:
-        return None
-    if not head:
-        return "the file is empty"
-    if head == b"PK\x03\x04" and ("central directory" in text or "zip archive" in text or "failed reading" in text):
-        return "the file ends early: its table of contents is missing"
-    if isinstance(exc, EOFError) or "Ran out of input" in text:
-        return "the file ends early"
-    return None
-
-
-def cpu_state(module: nn.Module) -> dict[str, Any]:
-    """A state_dict on the CPU (non-tensor extra state, e.g. the buffer's case ids, kept as is)."""
-    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.state_dict().items()}

@@ -20,7 +20,7 @@ from ..nn.msrl import MSRLNetwork
 from ..registry import register_aggregator
 from .abmil import AttentionMixin
 from .base import Aggregator, store_init_args
-from .msrl_coverage import BufferCoverageMixin
+from .msrl_fitted import BufferCoverageMixin
 from .msrl_params import MSRL_CONSTRAINTS, warn_ignored
 from .msrl_stage1 import Stage1Mixin
 

@@ -304,7 +304,7 @@ def _score(cases: pd.DataFrame, risk: np.ndarray, task: str) -> float:
         from sklearn.metrics import roc_auc_score
 
         return float(roc_auc_score(cases["label"], risk))
-    from ..survival import concordance_index
+    from ..evaluation.metrics import concordance_index
 
     return concordance_index(cases["survival_months"].to_numpy(), 1 - cases["censorship"].to_numpy(),
                              np.asarray(risk))

@@ -1,4 +1,4 @@
-"""A comparison report: figures from a :class:`~msrl_plugin.compare.ComparisonResult`, an offline HTML page.
+"""A comparison report: figures from a :class:`~msrl_plugin.evaluation.compare.ComparisonResult`, an offline HTML page.
 
 Every function that draws returns a :class:`matplotlib.figure.Figure` (no pyplot, no global state).
 ``write_report`` embeds them in ``report.html`` as base64 PNGs (one self-contained file, no scripts, no
@@ -20,13 +20,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..atomic import atomic_path, write_text
+from ..cohort import SURVIVAL, Cohort
+from ..errors import MSRLPluginError
+from ..heatmap import SlideAttention, draw_attention, infer_patch_size
 from . import stats
-from .atomic import atomic_path, write_text
-from .cohort import SURVIVAL, Cohort
 from .compare import ComparisonResult, ExampleFit, file_stem
-from .errors import MSRLPluginError
-from .heatmap import SlideAttention, draw_attention, infer_patch_size
-from .metrics_extra import EVALUATION_TIMES_RULE
+from .metrics import EVALUATION_TIMES_RULE
 
 METRIC_LABELS = {"c_index": "c-index", "auc": "AUC", "c_index_ipcw": "IPCW c-index",
                  "ibs": "integrated Brier", "td_auc": "time-dependent AUC",

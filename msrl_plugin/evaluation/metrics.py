@@ -1,4 +1,7 @@
-"""Survival metrics beyond Harrell's c-index: IPCW c-index, integrated Brier score, time-dependent AUC.
+"""Every metric computed on saved predictions: Harrell's c-index (what training and ``evaluate`` report), and for
+``compare`` the IPCW c-index, integrated Brier score and time-dependent AUC. (The discrete-time survival model
+itself, bins, NLL and risk, is :mod:`msrl_plugin.survival`; statistics across folds are
+:mod:`msrl_plugin.evaluation.stats`.)
 
 Computed with scikit-survival (a core dependency); should it be missing from an environment,
 :func:`survival_extras` returns ``{}`` and every caller simply reports fewer columns.
@@ -53,6 +56,33 @@ EVALUATION_TIMES_RULE = (
     "of surviving past the end of bin j) at that end, bin<j>@t, clipped inside the test follow-up; a time with "
     f"fewer than {MIN_CASES} test events at or before it or fewer than {MIN_CONTROLS} test cases followed after "
     "it is left out. The td-AUC needs one time, the IBS two; a fold with fewer reports NaN.")
+
+
+def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
+                      tied_tol: float = 1e-8) -> float:
+    """Harrell's c-index for risk scores (higher = earlier event): scikit-survival's
+    ``concordance_index_censored``, the implementation SurvPath reports (ties in risk count one half).
+
+    Returns NaN when no pair is comparable (no event, or every event at the last time).
+    """
+    from sksurv.metrics import concordance_index_censored
+
+    try:  # scikit-survival names the case; older versions divide by zero
+        from sksurv.exceptions import NoComparablePairException as no_comparable_pair
+    except ImportError:  # pragma: no cover
+        no_comparable_pair = ZeroDivisionError
+    time = np.asarray(time, dtype=np.float64)
+    event = np.asarray(event).astype(bool)
+    risk = np.asarray(risk, dtype=np.float64)
+    if not np.all(np.isfinite(risk)):
+        raise ValueError("risk scores contain NaN or Inf")
+    if len(time) < 2 or not event.any():
+        return float("nan")
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(concordance_index_censored(event, time, risk, tied_tol)[0])
+    except no_comparable_pair:  # events, but no comparable pair
+        return float("nan")
 
 
 def sksurv_available() -> bool:

@@ -1,4 +1,4 @@
-"""``msrl-plugin compare`` and ``msrl-plugin make-cohort`` (imported by :mod:`msrl_plugin.cli`).
+"""``msrl-plugin compare`` and ``msrl-plugin make-cohort`` (registered by :mod:`msrl_plugin.cli.main`).
 
 ``compare``: every model on the same folds, seeds and epoch budget; a mean +- sd table with paired
 statistics against a reference, CSVs and an offline HTML report. ``make-cohort``: the semi-synthetic
@@ -13,29 +13,19 @@ from typing import Any
 import click
 import yaml
 
-from .cli import cli, cohort_options, echo, load_cohort_from_flags
-from .cli_config import with_config
-from .cli_options import DEFAULT_SEED, with_threads
-from .errors import MSRLPluginError
-from .provenance import FILE_NAME
-from .record_options import check_log_data, compare_record, log_data_option, provenance_options
-from .training_log import compare_logs
-
-
-def parse_value(raw: str) -> Any:
-    """A flag value as a number when it reads as one (YAML 1.1 would keep ``1e-4`` a string), else YAML."""
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return yaml.safe_load(raw)
+from ..errors import MSRLPluginError
+from ..provenance import FILE_NAME
+from ..training_log import compare_logs
+from .common import cohort_options, echo, load_cohort_from_flags, parse_value
+from .config import with_config
+from .options import DEFAULT_SEED, with_threads
+from .records import check_log_data, compare_record, log_data_option, provenance_options
 
 
 def parse_model_params(items: tuple[str, ...] | list[str], models: list[str]) -> dict[str, dict[str, Any]]:
     """``("msrl.k=5", "abmil.lr=1e-4")`` -> ``{"msrl": {"k": 5}, "abmil": {"lr": 0.0001}}`` (checked)."""
-    from .compare import variant_of
-    from .registry import get_aggregator_class
+    from ..evaluation.compare import variant_of
+    from ..registry import get_aggregator_class
 
     bases = {(variant_of(m) or (m,))[0] for m in models}
     out: dict[str, dict[str, Any]] = {}
@@ -58,8 +48,8 @@ def parse_model_params(items: tuple[str, ...] | list[str], models: list[str]) ->
 def held_out_folds(cohort, split_dir: Path):
     """Folds from CLAM split files; a held-out set written as both ``val`` and ``test`` (as CLAM's
     ``main.py`` needs a val column) counts once, as the test set."""
-    from .adapters.clam import find_split_files, read_split_file
-    from .splits import folds_from_split_tables
+    from ..adapters.clam import find_split_files, read_split_file
+    from ..evaluation.splits import folds_from_split_tables
 
     files = find_split_files(split_dir)
     tables = []
@@ -80,13 +70,13 @@ def run_compare(cohort, models: list[str], folds, seeds: list[int], params: dict
 
     ``time_unit``: the unit of the survival times, for the report's axes (e.g. ``months``); ``epoch_log``:
     per-fit TensorBoard logs (:func:`msrl_plugin.training_log.compare_logs`)."""
-    from .compare import compare_models
+    from ..evaluation.compare import compare_models
 
     result = compare_models(cohort, models, folds, seeds, params, reference, budget, n_boot=n_boot,
                             out_dir=out, progress=progress, log=log, epoch_log=epoch_log)
     path = None
     if report:
-        from .report import write_report
+        from ..evaluation.report import write_report
 
         path = write_report(result, cohort, out, example_model, time_unit)
     return result, path
@@ -100,7 +90,7 @@ def _int_list(text: str, flag: str) -> list[int]:
                               fix=f"e.g. {flag} 0,1,2") from None
 
 
-@cli.command()
+@click.command()
 @cohort_options
 @click.option("--models", required=True, help="Comma-separated models, e.g. abmil,msrl,msrl:shuffled_buffer.")
 @click.option("--reference", default="abmil", show_default=True, help="Model the others are paired against.")
@@ -129,7 +119,7 @@ def compare(**kw):
     seeds = _int_list(kw["seeds"], "--seeds")
     params = parse_model_params(kw["extra_params"], models)
     if kw["device"] != "auto":
-        from .compare import variant_of
+        from ..evaluation.compare import variant_of
 
         for base in {(variant_of(m) or (m,))[0] for m in models}:
             params.setdefault(base, {})["device"] = kw["device"]
@@ -139,7 +129,7 @@ def compare(**kw):
     record = compare_record(kw, cohort, models, params)
     folds = held_out_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kw["k"]
     quiet = click.get_current_context().find_root().obj.get("quiet")
-    from .report import time_unit_from_column
+    from ..evaluation.report import time_unit_from_column
 
     result, path = run_compare(cohort, models, folds, seeds, params, kw["out"], kw["reference"],
                                {"max_epochs": kw["max_epochs"]}, kw["n_boot"], kw["example_model"],
@@ -156,7 +146,7 @@ def compare(**kw):
         click.echo(f"report: {path}")
 
 
-@cli.command("make-cohort")
+@click.command("make-cohort")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML of generator knobs (shared/benchmark.md); with --tier, they override the tier.")
 @click.option("--tier", type=click.Choice(["test", "benchmark"]), default=None,
@@ -167,7 +157,7 @@ def compare(**kw):
 @with_threads
 def make_cohort(config_path, tier, seed, overrides, out):
     """Generate a semi-synthetic multimodal cohort: TRIDENT features, clinical/genomics CSVs, CLAM splits."""
-    from .synth import CohortConfig, generate_cohort, write_cohort
+    from ..synth import CohortConfig, generate_cohort, write_cohort
 
     knobs = _yaml_knobs(config_path) if config_path is not None else {}
     for item in overrides:

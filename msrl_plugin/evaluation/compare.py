@@ -2,7 +2,7 @@
 
 ``compare_models`` fits every model on the same ``(seed, fold)`` pairs, scores the held-out cases, keeps
 out-of-fold predictions, and summarises: mean +- sd per metric and the paired difference of each model
-against a reference (Wilcoxon signed-rank p, paired-bootstrap 95% CI; :mod:`msrl_plugin.stats`).
+against a reference (Wilcoxon signed-rank p, paired-bootstrap 95% CI; :mod:`msrl_plugin.evaluation.stats`).
 
 Post-fit *variants* reuse a fitted model of another name and change it before predicting, so the control
 is paired with the very same fit: ``msrl:shuffled_buffer`` (alias ``msrl_shuffled_buffer``) permutes the
@@ -11,7 +11,6 @@ the buffer's genomics are shuffled).
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 import time
@@ -22,19 +21,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ..aggregators.base import Aggregator
+from ..aggregators.msrl_fitted import shuffle_buffer_genomics
+from ..atomic import write_csv, write_json
+from ..cohort import SURVIVAL, Cohort
+from ..errors import MSRLPluginError
+from ..registry import create_aggregator, get_aggregator_class, list_aggregators
+from ..survival import fit_bin_edges
+from ..training_log import attached
 from . import stats
-from .aggregators.base import Aggregator
-from .atomic import write_csv, write_json
-from .cohort import SURVIVAL, Cohort
-from .errors import MSRLPluginError
-from .experiment import SELECTION_RULE
-from .metrics_extra import fold_survival_metrics
-from .registry import create_aggregator, get_aggregator_class, list_aggregators
+from .crossval import SELECTION_RULE
+from .metrics import concordance_index, fold_survival_metrics
 from .splits import Fold, kfold_splits
-from .survival import concordance_index, fit_bin_edges
-from .training_log import attached
 
 DEFAULT_BUDGET: dict[str, Any] = {"max_epochs": 20}
 PRIMARY = {"survival": "c_index", "classification": "auc"}
@@ -44,33 +43,6 @@ ExternalModel = Callable[[Cohort, Cohort, int], pd.DataFrame]
 
 
 # -- post-fit variants -----------------------------------------------------------------------------
-def shuffle_buffer_genomics(model: Aggregator, seed: int = 0) -> Aggregator:
-    """A copy of a fitted (fused) MSRL whose buffer rows' genomic half ``[:, :embed_dim]`` (and the risk each row
-    lends, when stored) is permuted.
-
-    The permutation is a derangement among the valid rows (no row keeps its own genomics), so every
-    buffer case pairs its WSI embedding with another case's genomic embedding.
-    """
-    if not hasattr(model, "model_") or not hasattr(model.model_, "buffer"):
-        raise MSRLPluginError(f"model {model.name!r} has no fitted buffer to shuffle",
-                              fix="use a fitted MSRL model (msrl, msrl_multi, msrl_knn_*, ...)")
-    if getattr(model, "modality", None) != "fused":
-        raise MSRLPluginError(f"model {model.name!r} has no genomic half in its buffer (WSI-only nodes)")
-    shuffled = copy.deepcopy(model)
-    buffer = shuffled.model_.buffer
-    d = int(shuffled.embed_dim)
-    if buffer.features.shape[1] != 2 * d:
-        raise MSRLPluginError(f"buffer rows are {buffer.features.shape[1]}-d, not concat(g, h) = {2 * d}")
-    valid = buffer.valid.nonzero().squeeze(1)
-    if len(valid) >= 2:
-        order = valid[torch.randperm(len(valid), generator=torch.Generator().manual_seed(int(seed)))]
-        with torch.no_grad():  # cyclic shift of a random order: a derangement
-            buffer.features[order, :d] = buffer.features[order.roll(1), :d].clone()
-            if buffer.lent_dim:  # what a row lends travels with its genomics
-                buffer.lent[order] = buffer.lent[order.roll(1)].clone()
-    return shuffled
-
-
 #: ``<model>:<transform>`` names a post-fit variant of a registered model, e.g. ``msrl_h:shuffled_buffer``
 TRANSFORMS: dict[str, Callable[[Aggregator, int], Aggregator]] = {"shuffled_buffer": shuffle_buffer_genomics}
 #: short names of common variants
@@ -273,7 +245,7 @@ def score_predictions(train: Cohort, test: Cohort, predictions: pd.DataFrame,
     ``edges``: the survival bins the model's curve refers to; when None and the predictions hold a curve,
     they are refitted on ``train`` exactly as :class:`~msrl_plugin.tasks.SurvivalTask` does. With a curve,
     ``eval_times`` (a string, e.g. ``"bin0@8.1; bin1@15.3"``) names the times the IBS and td-AUC used
-    (:func:`~msrl_plugin.metrics_extra.evaluation_times`).
+    (:func:`~msrl_plugin.evaluation.metrics.evaluation_times`).
     """
     pred = predictions.loc[test.case_ids]
     if test.task == SURVIVAL:
@@ -288,7 +260,7 @@ def score_predictions(train: Cohort, test: Cohort, predictions: pd.DataFrame,
             if extras.times is not None:
                 out["eval_times"] = extras.times.describe()
         return out
-    from .tasks import ClassificationTask
+    from ..tasks import ClassificationTask
 
     return ClassificationTask(test.class_names).evaluate(pred, test)
 
@@ -307,7 +279,7 @@ def _with_targets(pred: pd.DataFrame, cohort: Cohort, fold: Fold, seed: int) -> 
 def from_cv_results(cohort: Cohort, folds: list[Fold], results: dict[str, Any], seed: int, reference: str,
                     fitted: dict[str, dict[int, Aggregator]] | None = None,
                     config: dict[str, Any] | None = None, n_boot: int = 10_000) -> ComparisonResult:
-    """A comparison from finished :func:`~msrl_plugin.experiment.cross_validate` runs (one per model) on
+    """A comparison from finished :func:`~msrl_plugin.evaluation.crossval.cross_validate` runs (one per model) on
     the same ``folds``, without refitting. ``fitted[model][k]`` (e.g. checkpoints loaded back) supplies the
     survival bin edges for the extra metrics and the example models of the report."""
     fitted = fitted or {}

@@ -1,6 +1,6 @@
 """The extra survival metrics equal scikit-survival computed directly on saved predictions (issue 25).
 
-The documented choice (``msrl_plugin.metrics_extra``): ``survival_bin<j>`` is read at the end of bin j,
+The documented choice (``msrl_plugin.evaluation.metrics``): ``survival_bin<j>`` is read at the end of bin j,
 ``edges[j + 1]``, clipped below ``min(max test, max train) - 1e-4``; a time with fewer than 5 test events at
 or before it, or fewer than 5 test cases followed after it, is dropped. The reference below restates that
 rule in a few lines and calls scikit-survival itself, so a change of either side shows up here.
@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msrl_plugin import metrics_extra
 from msrl_plugin.cohort import Cohort, InMemoryBags
-from msrl_plugin.compare import compare_models
+from msrl_plugin.evaluation import metrics as eval_metrics
+from msrl_plugin.evaluation.compare import compare_models
 from msrl_plugin.survival import fit_bin_edges
 from msrl_plugin.synth import CohortConfig, generate_cohort
 
-pytestmark = pytest.mark.skipif(not metrics_extra.sksurv_available(), reason="scikit-survival not installed")
+pytestmark = pytest.mark.skipif(not eval_metrics.sksurv_available(), reason="scikit-survival not installed")
 EPS = 1e-4
 N_BINS = 4
 BINS = [f"survival_bin{j}" for j in range(N_BINS)]
@@ -79,9 +79,9 @@ def fold_data(seed: int, n_train: int = 140, n_test: int = 70, censoring: float 
 def check_against_reference(train_t, train_e, test_t, test_e, guess):
     edges = fit_bin_edges(train_t, 1 - train_e, N_BINS)
     pred = frame(curve(guess, edges[1:]))
-    got = metrics_extra.fold_survival_metrics(train_t, train_e, test_t, test_e, pred, edges)
+    got = eval_metrics.fold_survival_metrics(train_t, train_e, test_t, test_e, pred, edges)
     ref = reference(train_t, train_e, test_t, test_e, pred["risk"].to_numpy(), pred[BINS].to_numpy(), edges)
-    for name in metrics_extra.EXTRA_SURVIVAL_METRICS:
+    for name in eval_metrics.EXTRA_SURVIVAL_METRICS:
         np.testing.assert_allclose(got.metrics[name], ref[name], rtol=1e-12, err_msg=name)
     np.testing.assert_array_equal(got.times.times, ref["times"])
     np.testing.assert_array_equal(got.times.columns, ref["columns"])
@@ -132,7 +132,7 @@ def test_degenerate_folds_give_nan_not_errors():
     got, ref, _ = check_against_reference(train_t, train_e, test_t, test_e, guess)
     assert np.isnan(got.metrics["ibs"])  # 12 cases: at most one time has 5 cases and 5 controls
     with pytest.raises(ValueError, match="bin edges"):
-        metrics_extra.evaluation_times(train_t, test_t, test_e, [0.0, 1.0], N_BINS)
+        eval_metrics.evaluation_times(train_t, test_t, test_e, [0.0, 1.0], N_BINS)
 
 
 def test_the_issue_symptom_high_c_index_with_td_auc_below_chance():
@@ -198,7 +198,7 @@ def test_compare_numbers_equal_scikit_survival_on_saved_predictions(tmp_path, ce
             ref = reference(train_t, train_e, test["time"].to_numpy(float), 1 - test["censorship"].to_numpy(int),
                             test["risk"].to_numpy(float), test[BINS].to_numpy(float), edges)
             row = per_fold.loc[(model, k)]
-            for name in ("c_index", *metrics_extra.EXTRA_SURVIVAL_METRICS):
+            for name in ("c_index", *eval_metrics.EXTRA_SURVIVAL_METRICS):
                 np.testing.assert_allclose(row[name], ref[name], rtol=1e-9, err_msg=f"{model} fold {k} {name}")
             expected = "; ".join(f"bin{c}@{t:.4g}" for c, t in zip(ref["columns"], ref["times"]))
             assert (row["eval_times"] if isinstance(row["eval_times"], str) else "") == expected

@@ -2,12 +2,15 @@
 ``predict``), which of them a case borrowed from, and the shuffled-buffer control."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import torch
 
 from ..batching import CaseData, batches, collate
 from ..cohort import Cohort
+from ..errors import MSRLPluginError
 
 
 class BufferCoverageMixin:
@@ -69,13 +72,38 @@ class BufferCoverageMixin:
         """A copy whose buffer genomics (the g half of each valid row) are deranged across cases.
 
         The benchmark's control: if MSRL's gain comes from borrowing *real, case-matched* genomics, this copy
-        must fall back to ABMIL level (:func:`msrl_plugin.compare.shuffle_buffer_genomics`).
+        must fall back to ABMIL level (:func:`shuffle_buffer_genomics`).
         """
-        from ..compare import shuffle_buffer_genomics
-
         self._check_fitted()
         return shuffle_buffer_genomics(self, seed)
 
     def buffer_case_ids(self) -> list[str]:
         _, ids, valid = self.model_.buffer.snapshot()
         return [i for i, v in zip(ids, valid.tolist()) if v]
+
+
+def shuffle_buffer_genomics(model, seed: int = 0):
+    """A copy of a fitted (fused) MSRL whose buffer rows' genomic half ``[:, :embed_dim]`` (and the risk each row
+    lends, when stored) is permuted.
+
+    The permutation is a derangement among the valid rows (no row keeps its own genomics), so every
+    buffer case pairs its WSI embedding with another case's genomic embedding.
+    """
+    if not hasattr(model, "model_") or not hasattr(model.model_, "buffer"):
+        raise MSRLPluginError(f"model {model.name!r} has no fitted buffer to shuffle",
+                              fix="use a fitted MSRL model (msrl, msrl_multi, msrl_knn_*, ...)")
+    if getattr(model, "modality", None) != "fused":
+        raise MSRLPluginError(f"model {model.name!r} has no genomic half in its buffer (WSI-only nodes)")
+    shuffled = copy.deepcopy(model)
+    buffer = shuffled.model_.buffer
+    d = int(shuffled.embed_dim)
+    if buffer.features.shape[1] != 2 * d:
+        raise MSRLPluginError(f"buffer rows are {buffer.features.shape[1]}-d, not concat(g, h) = {2 * d}")
+    valid = buffer.valid.nonzero().squeeze(1)
+    if len(valid) >= 2:
+        order = valid[torch.randperm(len(valid), generator=torch.Generator().manual_seed(int(seed)))]
+        with torch.no_grad():  # cyclic shift of a random order: a derangement
+            buffer.features[order, :d] = buffer.features[order.roll(1), :d].clone()
+            if buffer.lent_dim:  # what a row lends travels with its genomics
+                buffer.lent[order] = buffer.lent[order.roll(1)].clone()
+    return shuffled

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import yaml
 
-from .errors import MSRLPluginError
+from ..errors import MSRLPluginError
 
 CONFIG_PARAM = "config_path"
 

@@ -1,4 +1,4 @@
-"""``msrl-plugin list-models`` and ``msrl-plugin validate`` (imported by :mod:`msrl_plugin.cli`)."""
+"""``msrl-plugin list-models`` and ``msrl-plugin validate`` (registered by :mod:`msrl_plugin.cli.main`)."""
 from __future__ import annotations
 
 import sys
@@ -6,20 +6,19 @@ from pathlib import Path
 
 import click
 
-from .cli import cli
-from .cli_config import with_config
-from .cli_options import with_threads
+from .config import with_config
+from .options import with_threads
 
 
-@cli.command("list-models")
+@click.command("list-models")
 @click.option("--params", "params_of", metavar="NAME", multiple=True,
               help="Show this model's parameters with their defaults (repeatable).")
 @with_config
 @with_threads
 def list_models(params_of):
     """List registered aggregators (built-in and from plugins), or one model's parameters."""
-    from .model_docs import format_parameters, summary_line
-    from .registry import get_aggregator_class, list_aggregators
+    from ..model_docs import format_parameters, summary_line
+    from ..registry import get_aggregator_class, list_aggregators
 
     if params_of:
         click.echo("\n\n".join(format_parameters(name, get_aggregator_class(name)) for name in params_of))
@@ -29,7 +28,7 @@ def list_models(params_of):
     click.echo("\nparameters and defaults: msrl-plugin list-models --params NAME")
 
 
-@cli.command()
+@click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--patch-encoder", "--patch_encoder", "patch_encoder", help="Only this patch encoder's features.")
 @click.option("--mag", type=float, help="Only this TRIDENT magnification.")
@@ -42,7 +41,7 @@ def validate(directory, patch_encoder, mag, patch_size, overlap):
 
     Exit code 0 when at least one folder is usable.
     """
-    from .adapters.validate import format_reports, validate_tree
+    from ..adapters.validate import format_reports, validate_tree
 
     reports = validate_tree(directory, patch_encoder, mag, patch_size, overlap)
     click.echo(format_reports(reports, directory))

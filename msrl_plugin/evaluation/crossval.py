@@ -12,14 +12,14 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from . import distributed
-from .aggregators.base import Aggregator
-from .cohort import Cohort
-from .divergence import TrainingDivergedError
-from .errors import BadInputError
-from .registry import create_aggregator
+from .. import distributed
+from ..aggregators.base import Aggregator
+from ..cohort import Cohort
+from ..divergence import TrainingDivergedError
+from ..errors import BadInputError
+from ..registry import create_aggregator
+from ..training_log import attached
 from .splits import Fold
-from .training_log import attached
 
 SELECTION_RULE = "fixed epoch budget, last-epoch model (no early stopping; MCAT/SurvPath convention)"
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from .cli import cli, cohort_options, echo, load_cohort_from_flags, model_options, model_params
-from .cli_config import with_config
-from .cli_options import DEFAULT_SEED, with_threads
-from .errors import MSRLPluginError
-from .record_options import allow_changed_option, check_log_data, log_data_option, pretrain_record, provenance_options
+from ..errors import MSRLPluginError
+from .common import cohort_options, echo, load_cohort_from_flags, model_options, model_params
+from .config import with_config
+from .options import DEFAULT_SEED, with_threads
+from .records import allow_changed_option, check_log_data, log_data_option, pretrain_record, provenance_options
 
 
-@cli.command()
+@click.command()
 @cohort_options
 @model_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gsl_pretrained.pt"), show_default=True)
@@ -27,7 +27,7 @@ def pretrain(**kw):
     Use the result with `train --model msrl --param pretrained=FILE`. Pre-train only on cases that are
     not in your evaluation's test folds (train's default pre-trains inside each fold instead).
     """
-    from .pretrain_io import save_pretrained
+    from ..pretrain_io import save_pretrained
 
     if not kw["model"].startswith("msrl"):
         raise MSRLPluginError(f"pretrain is for the MSRL models, not {kw['model']!r}", fix="pass --model msrl")
@@ -35,8 +35,8 @@ def pretrain(**kw):
     check_log_data(kw["log_data"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
-    from .registry import create_aggregator
-    from .training_log import EpochLog, attached
+    from ..registry import create_aggregator
+    from ..training_log import EpochLog, attached
 
     model = create_aggregator(kw["model"], **params)
     recorded = kw["out"].with_name(kw["out"].name + ".provenance.json")
@@ -48,14 +48,14 @@ def pretrain(**kw):
     path = save_pretrained(kw["out"], pre, model.feature_dim_, model.genomics_columns_, cohort.case_ids,
                            model.get_params(), model.pretrain_history_)
     record.write(recorded, finished=True)
-    from .pretrain_io import write_pretrain_report
+    from ..pretrain_io import write_pretrain_report
 
     for line in write_pretrain_report(path, model.pretrain_history_):
         click.echo(line)
     click.echo(f"saved {path}")
 
 
-@cli.command()
+@click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("msrl_demo"), show_default=True)
 @click.option("--models", default="abmil,msrl", show_default=True, help="Comma-separated models to train.")
 @click.option("--quick", is_flag=True, help="A smoke test in under a minute: 3 folds, 3 epochs, 3 pre-training "
@@ -81,7 +81,7 @@ def demo(out, models, quick, k, seed, max_epochs, pretrain_epochs, max_patches, 
 
     import torch
 
-    from .demo import DemoBudget, demo_threads, run_demo
+    from ..demo import DemoBudget, demo_threads, run_demo
 
     ctx = click.get_current_context()
     root = ctx.find_root()

@@ -16,7 +16,7 @@ HELP_MODELS = ("abmil", "msrl")
 
 def model_default(model: str, param: str):
     """The default of ``param`` in ``model``'s ``__init__`` (``inspect.Parameter.empty`` if it has none)."""
-    from .registry import get_aggregator_class
+    from ..registry import get_aggregator_class
 
     signature = inspect.signature(get_aggregator_class(model).__init__)
     return signature.parameters[param].default if param in signature.parameters else inspect.Parameter.empty

@@ -8,22 +8,22 @@ from pathlib import Path
 
 import click
 
-from .cli import cli, echo
-from .cli_config import with_config
-from .cli_options import with_threads
-from .errors import BadInputError
+from ..errors import BadInputError
+from .common import echo
+from .config import with_config
+from .options import with_threads
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".ndpi", ".png", ".jpg", ".jpeg")
 
 
 def _device(device: str) -> str:
-    from .aggregators.base import resolve_device
+    from ..aggregators.base import resolve_device
 
     return str(resolve_device(device))
 
 
-@cli.command("encode-slides")
+@click.command("encode-slides")
 @click.option("--job-dir", "--job_dir", "--features", "--data_root_dir", "--data-root-dir", "job_dir", required=True,
               type=click.Path(path_type=Path),
               help="TRIDENT job dir (or one <mag>x_<ps>px_<ov>px_overlap/ folder of it).")
@@ -48,10 +48,10 @@ def encode_slides(job_dir, patch_encoder, model_path, name, mag, patch_size, ove
     Files match TRIDENT's own slide-feature files; TRIDENT's .lock protocol lets several runs share a job
     and a re-run skips the slides already done.
     """
-    from .adapters.trident_slides import encode_slides as run
-    from .adapters.trident_slides import find_patch_features
-    from .aggregators.base import Aggregator
-    from .slide_encoder import SlideEncoder
+    from ..adapters.trident_slides import encode_slides as run
+    from ..adapters.trident_slides import find_patch_features
+    from ..aggregators.base import Aggregator
+    from ..slide_encoder import SlideEncoder
 
     dev = _device(device)
     features = find_patch_features(job_dir, patch_encoder, mag, patch_size, overlap)
@@ -79,7 +79,7 @@ def _find_wsi(wsi: Path | None, slide: str) -> Path | None:
     return None
 
 
-@cli.command()
+@click.command()
 @click.option("--model-path", "--ckpt_path", "model_path", required=True, type=click.Path(path_type=Path),
               help="A trained attention model (abmil, msrl, ...) checkpoint.")
 @click.option("--features", "--data_root_dir", "--data-root-dir", "features", required=True,
@@ -102,10 +102,10 @@ def _find_wsi(wsi: Path | None, slide: str) -> Path | None:
 def heatmap(model_path, features, slides, wsi, out, patch_encoder, mag, patch_size, overlap,
             patch_size_level0, device):
     """Export per-patch attention (h5 + CSV) and draw a PNG heatmap per slide."""
-    from .adapters.bags import read_bag, read_bag_attrs
-    from .adapters.layouts import find_bags
-    from .aggregators.base import Aggregator
-    from .heatmap import export_attention, render_heatmap, slide_attention
+    from ..adapters.bags import read_bag, read_bag_attrs
+    from ..adapters.layouts import find_bags
+    from ..aggregators.base import Aggregator
+    from ..heatmap import export_attention, render_heatmap, slide_attention
 
     model = Aggregator.load(model_path, device=_device(device))
     index = find_bags(features, patch_encoder, mag, patch_size, overlap)

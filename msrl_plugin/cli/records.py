@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .errors import MSRLPluginError
-from .provenance import ALLOW_FLAG, FILE_NAME
+from ..errors import MSRLPluginError
+from ..provenance import ALLOW_FLAG, FILE_NAME
 
 
 def hash_contents_option(fn):
@@ -39,8 +39,8 @@ def check_log_data(log_data: bool, devices: int = 1) -> None:
     """Before any work: ``--log-data`` needs tensorboard, and one training process."""
     if not log_data:
         return
-    from .distributed import is_distributed
-    from .training_log import summary_writer_class
+    from ..distributed import is_distributed
+    from ..training_log import summary_writer_class
 
     if devices > 1 or is_distributed():
         raise MSRLPluginError("--log-data is not available with several training processes (--devices, torchrun)",
@@ -52,9 +52,9 @@ def check_log_data(log_data: bool, devices: int = 1) -> None:
 def results_record(command: str, kw: dict[str, Any], cohort, sink, models: dict[str, dict[str, Any]]):
     """The run's provenance record for a results folder (its inputs checked against the folder's), attached
     to ``sink`` with the ``--log-data`` choice."""
-    from .aggregators.base import resolve_device
-    from .provenance import start_record
-    from .registry import create_aggregator
+    from ..aggregators.base import resolve_device
+    from ..provenance import start_record
+    from ..registry import create_aggregator
 
     record = start_record(command, sink.provenance_path(), cohort, str(resolve_device(kw["device"])),
                           features=kw["features"], tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
@@ -69,7 +69,7 @@ def results_record(command: str, kw: dict[str, Any], cohort, sink, models: dict[
 
 def prediction_record(kw: dict[str, Any], cohort, model, recorded: Path):
     """predict's provenance: this run, and the checkpoint's own record (how the model was trained)."""
-    from .provenance import checkpoint_provenance, start_record
+    from ..provenance import checkpoint_provenance, start_record
 
     record = start_record("predict", recorded, cohort, str(model._device()), features=kw["features"],
                           tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
@@ -82,10 +82,10 @@ def prediction_record(kw: dict[str, Any], cohort, model, recorded: Path):
 
 def compare_record(kw: dict[str, Any], cohort, models: list[str], params: dict[str, dict[str, Any]]):
     """compare's provenance record; refused when --out holds results of other inputs."""
-    from .aggregators.base import resolve_device
-    from .compare import variant_of
-    from .provenance import start_record
-    from .registry import create_aggregator
+    from ..aggregators.base import resolve_device
+    from ..evaluation.compare import variant_of
+    from ..provenance import start_record
+    from ..registry import create_aggregator
 
     bases = list(dict.fromkeys((variant_of(m) or (m,))[0] for m in models))
     record = start_record("compare", kw["out"] / FILE_NAME, cohort, str(resolve_device(kw["device"])),
@@ -99,7 +99,7 @@ def compare_record(kw: dict[str, Any], cohort, models: list[str], params: dict[s
 
 def pretrain_record(kw: dict[str, Any], cohort, model, recorded: Path):
     """pretrain's provenance, beside its checkpoint (stage 1 always trains in float32)."""
-    from .provenance import start_record
+    from ..provenance import start_record
 
     record = start_record("pretrain", recorded, cohort, str(model._device()), features=kw["features"],
                           tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
