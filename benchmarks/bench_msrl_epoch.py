@@ -1,7 +1,7 @@
 """MSRL fine-tuning epoch time relative to our ABMIL epoch on the same cohort; pre-training timed separately.
 
 Target (issue 5): MSRL fine-tuning epoch <= 1.5x our ABMIL epoch. Both aggregators run with their shipped
-defaults (ABMIL: batch 8; MSRL: batch 32, buffer 256, embed 256, target branch + graph forward every step) on
+defaults (ABMIL: batch 8; MSRL: batch 8, buffer 256, embed 256, target branch + graph forward every step) on
 the same synthetic cohort with genomics, bags read from the packed feature cache. Stage-1 GSL pre-training is
 a separate one-off cost and is printed on its own line. Each repeat uses a new seed; medians are printed. Run:
 ``python benchmarks/bench_msrl_epoch.py [--quick]``.

@@ -13,6 +13,7 @@ Methods, in the protocol's order (those not registered yet are skipped with a no
 - ``genomics_cox``: genomics-only reference, ridge Cox on 10 PCA components of the training genomics.
 - ``msrl_shuffled_buffer``: the fitted ``msrl`` of the same fold with its buffer's genomic half permuted
   across rows before predicting (control: a real win must vanish).
+- Any other registered name runs too, e.g. ``--methods abmil,msrl,msrl_paper,msrl_paper_random_gsl``.
 
 Usage::
 

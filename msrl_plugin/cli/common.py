@@ -70,8 +70,8 @@ def model_options(fn):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
                      help="Training precision: bf16 runs the patch encoders under bfloat16 autocast "
-                          "(~2.5x faster steps on CPUs with AVX512-BF16 and on recent GPUs); auto = bf16 "
-                          "where the CPU/GPU runs it natively, else fp32 [auto]."),
+                          "(faster steps on CPUs with AVX512-BF16 or AMX; see benchmarks/README.md); auto = "
+                          "bf16 where the CPU/GPU runs it natively, else fp32 [auto]."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
