@@ -23,6 +23,10 @@ Usage::
     python benchmarks/method_benchmark.py --tier full --grid efficiency --out bench_eff   # n_train 100/200/400
     python benchmarks/method_benchmark.py --tier small --default-only --out bench_small  # 120 cases, 10 seeds
     python benchmarks/method_benchmark.py --tier full --out bench   # every grid point, fresh seeds 100-109
+    python benchmarks/method_benchmark.py --tier real --methods abmil,msrl,msrl_label_only,fusion,genomics_cox \
+        --out bench_real    # real expression + real survival (SurvSet chop, DLBCL, DBCD, dataOvarian1)
+    python benchmarks/method_benchmark.py --tier real_smoke --methods abmil,msrl,msrl_label_only,genomics_cox
+    # train small, test big (external cohorts, pan-cancer pool, two signal models): external_benchmark.py
     python benchmarks/method_benchmark.py --tier full --default-only --out bench_default  # the closing table
     # what fits 2 CPU cores in ~1.5 h: a patch cap for every model, 30 GSL pre-training epochs; run two
     # processes with disjoint --seeds into the same --out, then once more with all seeds to print the tables
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +59,8 @@ from msrl_plugin.synth import CohortConfig, SynthCohort, generate_cohort
 ORDER = ["oracle", "wsi_oracle", "fusion", "msrl_multi", "genomics_cox", "msrl", "recon_fusion",
          "cvae_fusion", "msrl_knn_cosine", "abmil", "msrl_shuffled_buffer"]
 EXTERNAL = ("oracle", "wsi_oracle", "genomics_cox")
-MSRL_FAMILY = ("msrl", "msrl_multi", "msrl_knn_cosine", "msrl_knn_euclidean", "msrl_h", "msrl_random_gsl")
+MSRL_FAMILY = ("msrl", "msrl_multi", "msrl_knn_cosine", "msrl_knn_euclidean", "msrl_h", "msrl_random_gsl",
+               "msrl_label_only")
 
 #: (relation, A, B, what it tests); relations: ">" A beats B, ">=" A not worse than B, "~" A ties B
 ORDERINGS = [
@@ -75,6 +81,12 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "w_hidden": [{"w_hidden": w} for w in (0.0, 0.5, 1.0, 2.0)],
 }
 
+#: SurvSet expression sets with their real outcome (rows after cleaning; time in months; zero times floored at one
+#: day; dataOvarian1's four studies are its sites, the others get 4 random sites)
+REAL_SETS = {"chop": 414, "DLBCL": 240, "DBCD": 295, "dataOvarian1": 912}
+REAL_GRID = [{"genomics_source": f"survset:{name}", "outcome": "real", "n_cases": n, "site_held_out": False,
+              "k_folds": 5} for name, n in REAL_SETS.items()]
+
 TIERS: dict[str, dict[str, Any]] = {
     # iteration tier (~15 min on 2 cores for abmil, msrl and its control): 200 cases of the test-tier sizes,
     # tuning seeds 0-4 only; what it suggests is confirmed on the full tier's report seeds
@@ -88,6 +100,14 @@ TIERS: dict[str, dict[str, Any]] = {
     # small cohorts with the full budget: evidence at 120 cases (fresh seeds), affordable on 2 cores
     "small": {"base": CohortConfig.test_tier, "grid": [{}, {"rho": 0.0}], "seeds": list(range(100, 110)),
               "budget": {"max_epochs": 20}, "msrl": {"pretrain_epochs": 30, "embed_dim": 64}},
+    # real expression with its real survival (issue 20): only the slides are synthesised; no external set is
+    # possible (a few hundred cases), so each seed repeats stratified 5-fold CV with fresh slides and folds
+    "real": {"base": CohortConfig.test_tier, "grid": REAL_GRID, "seeds": list(range(100, 110)),
+             "budget": {"max_epochs": 20, "max_patches": 128}, "msrl": {"pretrain_epochs": 30, "embed_dim": 64}},
+    "real_smoke": {"base": lambda **kw: CohortConfig.test_tier(**{"bag_min": 8, "bag_max": 24, "feature_dim": 32,
+                                                                  "d_g": 16, **kw}),
+                   "grid": REAL_GRID[:1], "seeds": [0], "budget": {"max_epochs": 2},
+                   "msrl": {"pretrain_epochs": 2, "embed_dim": 32, "genomic_teacher_steps": 20}},
     "full": {"base": CohortConfig.benchmark_tier,
              "grid": [{}, {"rho": 0.0}, {"n_cases": 200}, {"n_cases": 800}, {"w_hidden": 2.0},
                       {"sigma_site": 1.5}, {"genomics_distribution": "gaussian_surrogate"}],
@@ -150,6 +170,8 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
     there at once, and seeds already written are read back instead of rerun (resume; parallel processes
     may share the folder with disjoint seeds)."""
     config = tier["base"](**knobs)
+    if config.outcome == "real":  # no true risk to rank by
+        methods = [m for m in methods if m not in ("oracle", "wsi_oracle")]
     registered = [m for m in methods if m not in EXTERNAL]
     params = {(variant_of(m) or (m,))[0]: dict(tier["msrl"]) for m in registered
               if (variant_of(m) or (m,))[0] in MSRL_FAMILY}
@@ -177,11 +199,13 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
         external = {k: v for k, v in external.items() if k in todo}
         todo_registered = [m for m in registered if m in todo]
         reference = "abmil" if "abmil" in todo else (todo_registered + list(external))[0]
-        log(f"  seed {seed}: {synth} (oracle {synth.truth.oracle_cindex:.3f}, "
-            f"WSI oracle {synth.truth.wsi_oracle_cindex:.3f})")
+        oracle = ("real outcome" if synth.truth.eta is None else f"oracle {synth.truth.oracle_cindex:.3f}, "
+                  f"WSI oracle {synth.truth.wsi_oracle_cindex:.3f}")
+        log(f"  seed {seed}: {synth} ({oracle})")
         result = compare_models(cohort, todo_registered, folds, [seed], params, reference, tier["budget"],
                                 external=external, n_boot=n_boot, log=lambda _m: None)
-        add_truth_correlation(result, synth.truth.eta)
+        if synth.truth.eta is not None:
+            add_truth_correlation(result, synth.truth.eta)
         fresh = result.per_fold[result.per_fold["model"].isin(todo)]
         result.per_fold = pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh
         result.models = list(dict.fromkeys(result.per_fold["model"]))
@@ -280,6 +304,18 @@ def ordering_table(result: ComparisonResult) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("method").fillna("")
 
 
+def resolution_text(result: ComparisonResult, metric: str = "c_index") -> str:
+    """What the paired (seed, fold) differences vs ABMIL can resolve: SE of their mean and the smallest true
+    difference found at 80% power, two-sided 5% (2.8 SE). Folds of one seed share cases, so this is optimistic."""
+    diffs = stats.paired_differences(result.per_fold, result.reference, metric)
+    lines = [f"resolution ({metric}, paired over seed x fold vs {result.reference}):"]
+    for model, part in diffs.groupby("model", sort=False):
+        d = part["diff"].to_numpy(float)
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        lines.append(f"  {model:<22} {len(d):3d} pairs, mean {d.mean():+.3f}, SE {se:.3f}, resolves ~{2.8 * se:.3f}")
+    return "\n".join(lines)
+
+
 def grid_slug(knobs: dict[str, Any]) -> str:
     return "_".join(f"{k}-{v}" for k, v in sorted(knobs.items())) or "default"
 
@@ -298,6 +334,7 @@ def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | Non
     grid = tier["grid"] if grid is None else grid
     methods = available_methods(methods or ORDER, log)
     all_folds, all_orderings = [], []
+    started = time.perf_counter()
     for knobs in grid:
         label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "default knobs"
         log(f"\n== {tier_name} tier, {label}: {len(seeds)} seed(s) ==")
@@ -305,8 +342,11 @@ def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | Non
         result = run_grid_point(knobs, tier, seeds, methods, n_boot, log, seed_dir)
         log(ordering_table(result).to_string())
         rho = result.config["knobs"]["rho"]
+        metrics = [m for m in ("c_index", "spearman_eta") if m in result.per_fold]
         orderings = pd.concat([check_orderings(result, rho, n_boot, metric).assign(metric=metric)
-                               for metric in ("c_index", "spearman_eta")], ignore_index=True)
+                               for metric in metrics], ignore_index=True)
+        log(resolution_text(result))
+        log(f"wall time so far: {time.perf_counter() - started:.0f}s")
         for metric, part in orderings.groupby("metric", sort=False):
             log(f"\nexpected orderings (paired over seed x fold, {metric}):")
             log(part.drop(columns="metric").to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
@@ -355,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.knobs:
         grid = [pairs(args.knobs)]
+    start = time.perf_counter()
     run(args.tier, seeds, methods, grid, args.n_boot, args.out, budget=pairs(args.budget),
         msrl=pairs(args.msrl_param), abmil=pairs(args.abmil_param))
+    print(f"\nwall time: {time.perf_counter() - start:.0f}s (tier {args.tier})")
     return 0
 
 

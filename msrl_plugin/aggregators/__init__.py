@@ -2,6 +2,7 @@
 from .abmil import ABMILAggregator
 from .base import Aggregator
 from .generated import CVAEFusionAggregator, ReconFusionAggregator
+from .label_borrowing import MSRLLabelOnly  # noqa: F401 (registers the label-only control)
 from .msrl import MSRLAggregator
 from .msrl_forms import (
     MSRLHAggregator,

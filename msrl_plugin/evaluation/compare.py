@@ -152,7 +152,8 @@ class ComparisonResult:
     def borrowing(self) -> pd.DataFrame:
         """The borrowing check of every model compared with its shuffled-buffer control (``m`` and
         ``m:shuffled_buffer``): paired difference model - control on the primary metric, bootstrap CI,
-        Wilcoxon p and a verdict ("evidence of borrowing" only when the CI lies above 0)."""
+        Wilcoxon p and a verdict ("evidence of borrowing" only when the CI lies above 0; "too few pairs to tell"
+        below the pairs at which the Wilcoxon test can reach p < 0.05: 6, two-sided)."""
         metric = self.primary_metric
         rows = []
         for control in self.models:
@@ -163,7 +164,8 @@ class ComparisonResult:
             diffs = stats.paired_differences(self.per_fold[self.per_fold["model"].isin([model, control])],
                                              control, metric)["diff"].to_numpy(float)
             lo, hi = stats.bootstrap_ci(diffs, self.n_boot)
-            verdict = ("evidence of borrowing" if lo > 0 else
+            verdict = ("too few pairs to tell" if stats.min_wilcoxon_p(diffs.size) >= 0.05 else
+                       "evidence of borrowing" if lo > 0 else
                        "no evidence of borrowing (CI covers 0)" if hi >= 0 else "shuffled buffer scores higher")
             rows.append({"model": model, "control": control, "metric": metric,
                          "mean_diff": float(diffs.mean()) if diffs.size else float("nan"), "ci_low": lo,

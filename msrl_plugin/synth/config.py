@@ -19,6 +19,8 @@ OUTCOMES = ("teacher", "real")
 TASKS = ("survival", "classification")
 NONLINEARITIES = ("none", "tanh", "cluster")
 CENSORING_MODELS = ("uniform", "exponential")
+SIGNAL_MODELS = ("mixture", "abundance")
+HAZARD_FORMS = ("linear", "quadratic")
 N_COMPONENTS = 16  # k of the benchmark: PCA components U that the teacher and the WSI latent are built from
 N_HIDDEN = 4  # U[:, k_vis:k_vis+4] is the genomics-only (hidden) part of the teacher
 
@@ -40,6 +42,7 @@ class CohortConfig:
     baseline_median_months: float = 36.0  # median event time at eta = 0
     w_hidden: float = 0.5  # weight of the genomics-only part of the teacher
     k_vis: int = 8  # visible PCA components (of 16)
+    hazard_form: str = "linear"  # 'linear' in U | 'quadratic': + a U-shaped term in one visible direction
     # genomics
     genomics_source: str = "gaussian"  # 'gaussian' | 'survset:<name>[+<name>...]' | 'sksurv_breast'
     genomics_distribution: str = "real"  # 'real' rows | 'gaussian_surrogate' (same covariance)
@@ -65,6 +68,14 @@ class CohortConfig:
     site_held_out: bool = True  # leave-one-site-out folds; otherwise stratified k-fold
     k_folds: int = 5
     encoder_name: str = "synthetic"
+    # the second signal model (``signal_model='abundance'``): how the genomic state shows in the bag
+    signal_model: str = "mixture"  # 'mixture': every (needle) patch's morphotype mix and shift follow h(z);
+    # 'abundance': only a rare signal morphotype carries h(z), in its count (up to abundance_max) and its shift
+    abundance_max: float = 0.3
+    # an external test cohort generated with this one (``SynthCohort.external``): same population and signal,
+    # its own held-out sites; n_cases stays the training cohort's size
+    n_external: int = 0
+    n_external_sites: int = 2
 
     # -- tiers ---------------------------------------------------------------------------------
     @classmethod
@@ -133,6 +144,8 @@ class CohortConfig:
         choose("genomics_distribution", self.genomics_distribution, GENOMICS_DISTRIBUTIONS)
         choose("nonlinearity", self.nonlinearity, NONLINEARITIES)
         choose("censoring_model", self.censoring_model, CENSORING_MODELS)
+        choose("signal_model", self.signal_model, SIGNAL_MODELS)
+        choose("hazard_form", self.hazard_form, HAZARD_FORMS)
         src = self.genomics_source
         if not (src in ("gaussian", "sksurv_breast") or (src.startswith("survset:") and len(src) > 8)):
             bad(f"genomics_source={src!r} is unknown",
@@ -168,6 +181,17 @@ class CohortConfig:
         if self.outcome == "real" and (src == "gaussian" or self.genomics_distribution != "real"):
             bad("outcome='real' needs real genomic rows with their real outcome",
                 "use a survset/sksurv source with genomics_distribution='real', or outcome='teacher'")
+        if self.signal_model == "abundance" and self.f_needle != 1.0:
+            bad("f_needle applies to signal_model='mixture'",
+                "signal_model='abundance' sets each case's share of signal patches itself (up to abundance_max)")
+        if not 0.0 < self.abundance_max <= 1.0:
+            bad(f"abundance_max={self.abundance_max} must lie in (0, 1]")
+        if self.n_external < 0 or (0 < self.n_external < 2 * N_COMPONENTS) or self.n_external_sites < 1:
+            bad(f"n_external={self.n_external} must be 0 or >= {2 * N_COMPONENTS}, n_external_sites >= 1")
+        if self.n_external and not (src == "gaussian" or self.genomics_distribution == "gaussian_surrogate"):
+            bad("an external cohort needs a source that can draw new rows",
+                "use genomics_source='gaussian' or genomics_distribution='gaussian_surrogate' (real sets are "
+                "too small: use repeated folds there)")
         if not self.encoder_name or any(c in self.encoder_name for c in "/\\"):
             bad(f"encoder_name={self.encoder_name!r} must be a plain, non-empty name")
         return self

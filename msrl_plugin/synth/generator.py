@@ -8,17 +8,19 @@ Genomic state U (16 unit-variance PCA scores of real or Gaussian rows) drives bo
   ``softmax(W h(z) + b + nuisance)`` plus a ``B h(z)`` shift on the "needle" patches, a site shift, noise,
   lifted to D by a fixed projection. Bag size, coords, site and missing genomics are drawn independently
   of U, so at rho = 0 the WSI carries no outcome information.
+
+The second signal model (``hazard_form='quadratic'``, ``signal_model='abundance'``) is in :mod:`.signal`; an
+external test cohort and a pan-cancer pool of the same population in :mod:`.external`.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ..errors import MSRLPluginError
-from .config import N_COMPONENTS, N_HIDDEN, CohortConfig
+from .config import N_COMPONENTS, CohortConfig
 from .genomics import (
     gaussian_rows,
     gaussian_surrogate,
@@ -27,11 +29,10 @@ from .genomics import (
     principal_components,
     standardise,
 )
+from .signal import ETA_SD, Teacher, World, draw_bags  # noqa: F401 (ETA_SD: kept importable here)
+from .signal import rng as _rng
 
-ETA_SD = 0.8
 PATCH_LEVEL0 = 512  # 256 px at 20x on a 40x slide
-_LATENT_DIM = 32  # patch latent before the lift to feature_dim
-_NUISANCE_SD = 1.0  # case-level morphotype variation unrelated to the genomic state
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SynthCohort:
     folds: list[tuple[np.ndarray, np.ndarray]]
     truth: CohortTruth
     slide_dims: dict[str, tuple[int, int]] = field(default_factory=dict)  # level-0 (width, height)
+    external: SynthCohort | None = None  # the external test cohort (``n_external`` > 0), no folds
 
     @property
     def case_ids(self) -> list[str]:
@@ -86,38 +88,31 @@ class SynthCohort:
                 f"D={self.config.feature_dim}, genomics={self.genomics.shape}, folds={len(self.folds)})")
 
 
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent, named random stream: changing one part of the generator leaves the others alone."""
-    return np.random.default_rng([int(seed), zlib.crc32(stream.encode())])
-
-
 def generate_cohort(config: CohortConfig, seed: int = 0) -> SynthCohort:
-    """Generate the cohort of ``(config, seed)``; the same pair always gives identical arrays."""
+    """Generate the cohort of ``(config, seed)``; the same pair always gives identical arrays.
+
+    With ``n_external`` > 0 the cohort also carries ``external``: a test cohort of that many cases from the same
+    population and signal at held-out sites (:mod:`.external`); the training cohort is the same either way.
+    """
     cfg = config.validate()
     n = cfg.n_cases
     if seed < 0:
         raise MSRLPluginError(f"seed={seed} must be >= 0")
 
-    values, gene_names, study, real = _genomic_rows(cfg, seed)
-    values, keep = standardise(values, study)
+    raw, gene_names, study, real = _genomic_rows(cfg, seed)
+    values, keep = standardise(raw, study)
     gene_names = [g for g, k in zip(gene_names, keep) if k]
     U = principal_components(values, N_COMPONENTS)
-    width = max(4, len(str(n - 1)))
-    case_ids = np.array([f"SYN-{i:0{width}d}" for i in range(n)], dtype=object)
-    slide_ids = np.array([f"{c}-DX1" for c in case_ids], dtype=object)
-
-    if study is not None and cfg.real_sites:
-        site = np.asarray(study, dtype=object)
-    else:  # balanced and independent of everything else
-        site = np.array([f"site_{k}" for k in _rng(seed, "sites").permutation(np.arange(n) % cfg.n_sites)],
-                        dtype=object)
+    case_ids, slide_ids = case_and_slide_ids("SYN", n)
+    site = training_sites(cfg, seed, study)
 
     cases = pd.DataFrame({"case_id": case_ids, "slide_id": slide_ids})
-    eta, eta_scale, beta_v = None, 0.0, None
+    teacher = None
     if cfg.outcome == "teacher":
-        eta, eta_scale, beta_v = _teacher(U, cfg, _rng(seed, "teacher"))
+        teacher = Teacher.draw(cfg, seed).fit_scale(U)
+        eta = teacher.eta(U)
         if cfg.task == "survival":
-            time, event = _survival_times(eta, cfg, _rng(seed, "times"))
+            time, event = survival_times(eta, cfg, _rng(seed, "times"))
             cases["survival_months"], cases["censorship"] = time, 1 - event
         else:
             cases["label"] = (eta > np.median(eta)).astype(np.int64)
@@ -127,11 +122,11 @@ def generate_cohort(config: CohortConfig, seed: int = 0) -> SynthCohort:
         cases["label"] = real["er"]
     cases["site"] = site
 
-    world = _rng(seed, "world")
+    world = World.draw(cfg, seed, sorted(set(site)))
     z = np.sqrt(cfg.rho) * U[:, :cfg.k_vis] + np.sqrt(1 - cfg.rho) * _rng(seed, "latent").standard_normal(
         (n, cfg.k_vis))
-    h, cluster = _nonlinearity(z, cfg, world)
-    bags, dims = _bags(h, site, slide_ids, cfg, world, _rng(seed, "bags"))
+    h, cluster = world.nonlinearity(z, cfg)
+    bags, dims = draw_bags(h, site, slide_ids, cfg, world, _rng(seed, "bags"), _grid_coords)
 
     genomics = genomics_features(values, gene_names, cfg.genomics_form, cfg.d_g, _rng(seed, "form"))
     genomics.index = pd.Index(case_ids, name="case_id")
@@ -141,21 +136,44 @@ def generate_cohort(config: CohortConfig, seed: int = 0) -> SynthCohort:
         genomics = genomics.drop(index=case_ids[np.sort(gone)])
 
     folds = _folds(cases, cfg, _rng(seed, "folds"))
-    truth = CohortTruth(
-        components=pd.DataFrame(U, index=pd.Index(case_ids, name="case_id"),
-                                columns=[f"U{j}" for j in range(N_COMPONENTS)]),
-        latent=pd.DataFrame(z, index=pd.Index(case_ids, name="case_id"),
-                            columns=[f"z{j}" for j in range(cfg.k_vis)]))
-    if eta is not None:
-        # E[U_vis | z] = sqrt(rho) z and E[U_hidden | z] = 0, so E[eta | z] = scale sqrt(rho) beta_v . z
-        eta_wsi = eta_scale * np.sqrt(cfg.rho) * (z @ beta_v)
+    truth = make_truth(cases, U, z, cluster, teacher, cfg)
+    synth = SynthCohort(cfg, int(seed), cases, genomics, bags, folds, truth, dims)
+    if cfg.n_external:
+        from .external import external_cohort
+
+        synth.external = external_cohort(synth, raw, gene_names, teacher, world)
+    return synth
+
+
+def case_and_slide_ids(prefix: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(4, len(str(n - 1)))
+    case_ids = np.array([f"{prefix}-{i:0{width}d}" for i in range(n)], dtype=object)
+    return case_ids, np.array([f"{c}-DX1" for c in case_ids], dtype=object)
+
+
+def training_sites(cfg: CohortConfig, seed: int, study: np.ndarray | None) -> np.ndarray:
+    """The source's study labels (``real_sites``), else ``n_sites`` balanced sites independent of everything."""
+    if study is not None and cfg.real_sites:
+        return np.asarray(study, dtype=object)
+    order = _rng(seed, "sites").permutation(np.arange(cfg.n_cases) % cfg.n_sites)
+    return np.array([f"site_{k}" for k in order], dtype=object)
+
+
+def make_truth(cases: pd.DataFrame, U: np.ndarray, z: np.ndarray, cluster: np.ndarray | None,
+               teacher: Teacher | None, cfg: CohortConfig) -> CohortTruth:
+    index = pd.Index(cases["case_id"].to_numpy(), name="case_id")
+    truth = CohortTruth(components=pd.DataFrame(U, index=index, columns=[f"U{j}" for j in range(N_COMPONENTS)]),
+                        latent=pd.DataFrame(z, index=index, columns=[f"z{j}" for j in range(z.shape[1])]))
+    if teacher is not None:
+        eta = teacher.eta(U)
+        eta_wsi = teacher.eta_wsi(z, cfg.rho)
         if cluster is not None:  # the WSI only sees the cluster: E[eta | cluster]
             eta_wsi = pd.Series(eta_wsi).groupby(cluster).transform("mean").to_numpy()
-        truth.eta = pd.Series(eta, index=truth.components.index, name="eta")
-        truth.eta_wsi = pd.Series(eta_wsi, index=truth.components.index, name="eta_wsi")
+        truth.eta = pd.Series(eta, index=index, name="eta")
+        truth.eta_wsi = pd.Series(eta_wsi, index=index, name="eta_wsi")
         truth.oracle_cindex = _score(cases, eta, cfg.task)
         truth.wsi_oracle_cindex = _score(cases, eta_wsi, cfg.task)
-    return SynthCohort(cfg, int(seed), cases, genomics, bags, folds, truth, dims)
+    return truth
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -186,20 +204,12 @@ def _genomic_rows(cfg: CohortConfig, seed: int):
     return pool.genes[pick], pool.gene_names, study, real
 
 
-def _teacher(U: np.ndarray, cfg: CohortConfig, rng: np.random.Generator):
-    beta_v = rng.standard_normal(cfg.k_vis)
-    beta_v /= np.linalg.norm(beta_v)
-    beta_h = rng.standard_normal(N_HIDDEN)
-    beta_h /= np.linalg.norm(beta_h)
-    raw = U[:, :cfg.k_vis] @ beta_v + cfg.w_hidden * (U[:, cfg.k_vis:cfg.k_vis + N_HIDDEN] @ beta_h)
-    scale = ETA_SD / raw.std(ddof=1)
-    return raw * scale, scale, beta_v
-
-
-def _survival_times(eta: np.ndarray, cfg: CohortConfig, rng: np.random.Generator):
+def survival_times(eta: np.ndarray, cfg: CohortConfig, rng: np.random.Generator,
+                   baseline_median_months: float | None = None):
     """Event times (months) with S(t | eta) = exp(-(t / lam)^k e^eta), censored to the target rate."""
     k = cfg.weibull_shape
-    lam = cfg.baseline_median_months / np.log(2.0) ** (1.0 / k)
+    median = cfg.baseline_median_months if baseline_median_months is None else baseline_median_months
+    lam = median / np.log(2.0) ** (1.0 / k)
     t_event = lam * (rng.exponential(size=len(eta)) * np.exp(-eta)) ** (1.0 / k)
     draws = rng.random(len(eta)) if cfg.censoring_model == "uniform" else rng.exponential(size=len(eta))
     if cfg.censoring_rate > 0:
@@ -219,49 +229,6 @@ def _survival_times(eta: np.ndarray, cfg: CohortConfig, rng: np.random.Generator
     return time, event
 
 
-def _nonlinearity(z: np.ndarray, cfg: CohortConfig, world: np.random.Generator):
-    """h(z) the bag generator sees, and cluster ids for 'cluster' (else None)."""
-    centres = world.standard_normal((cfg.n_morphotypes, cfg.k_vis))
-    if cfg.nonlinearity == "tanh":
-        return np.tanh(1.5 * z), None
-    if cfg.nonlinearity == "cluster":
-        cluster = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(axis=1)
-        return centres[cluster], cluster
-    return z, None
-
-
-def _bags(h, site, slide_ids, cfg: CohortConfig, world: np.random.Generator, rng: np.random.Generator):
-    """slide_id -> (features (N, D) float32, coords (N, 2) int64), and level-0 slide sizes."""
-    L, D, M = min(_LATENT_DIM, cfg.feature_dim), cfg.feature_dim, cfg.n_morphotypes
-    prototypes = world.standard_normal((M, L))
-    W = world.standard_normal((M, h.shape[1]))
-    b = world.normal(0.0, 0.5, M)
-    B = world.standard_normal((L, h.shape[1])) * cfg.shift_scale / np.sqrt(h.shape[1])
-    marker = world.standard_normal(L)  # needle patches look different (like tumour among stroma)
-    lift = world.standard_normal((L, D)) / np.sqrt(L)
-    site_names = sorted(set(site))
-    site_shift = world.standard_normal((len(site_names), L)) * cfg.sigma_site
-    site_index = {s: i for i, s in enumerate(site_names)}
-
-    bags, dims = {}, {}
-    for i, slide in enumerate(slide_ids):
-        n = int(rng.integers(cfg.bag_min, cfg.bag_max + 1))
-        nuisance = rng.standard_normal(M) * _NUISANCE_SD
-        n_needle = n if cfg.f_needle >= 1.0 else max(1, round(cfg.f_needle * n))
-        needle = np.zeros(n, dtype=bool)
-        needle[rng.permutation(n)[:n_needle]] = True
-        u = rng.random(n)
-        m_signal = np.searchsorted(np.cumsum(_softmax(W @ h[i] + b + nuisance)), u * (1 - 1e-12))
-        m_background = np.searchsorted(np.cumsum(_softmax(b + nuisance)), u * (1 - 1e-12))
-        morph = np.where(needle, m_signal, m_background).clip(0, M - 1)
-        latent = prototypes[morph] + site_shift[site_index[site[i]]] + cfg.case_noise * rng.standard_normal(L)
-        latent[needle] += B @ h[i] + marker
-        feats = latent @ lift + cfg.sigma_p * rng.standard_normal((n, D))
-        coords, dims[slide] = _grid_coords(n, rng)
-        bags[slide] = (feats.astype(np.float32), coords)
-    return bags, dims
-
-
 def _grid_coords(n: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
     """Row-major (y outer, x inner) level-0 top-left corners on a 512-px grid inside a tissue rectangle."""
     side = int(np.ceil(np.sqrt(n)))
@@ -274,11 +241,6 @@ def _grid_coords(n: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[in
     width = x0 + cols * PATCH_LEVEL0 + int(rng.integers(512, 4096))
     height = y0 + rows * PATCH_LEVEL0 + int(rng.integers(512, 4096))
     return coords, (width, height)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 def _folds(cases: pd.DataFrame, cfg: CohortConfig, rng: np.random.Generator):

@@ -205,3 +205,41 @@ def genomics_features(values: np.ndarray, gene_names: list[str], form: str, d_g:
         return pd.DataFrame(scores.astype(np.float32), columns=[f"pathway_{b:02d}" for b in range(n_blocks)])
     proj = rng.standard_normal((p, d_g)) / np.sqrt(p)
     return pd.DataFrame((values @ proj).astype(np.float32), columns=[f"g{j:04d}" for j in range(d_g)])
+
+
+@dataclass
+class Projector:
+    """A reference cohort's gene standardisation and its ``k`` PCA axes, applied to new rows of the same
+    population (an external cohort, a pan-cancer pool): the components mean the same thing in every cohort.
+
+    Fitted on rows without study labels (one standardisation for all, as :func:`standardise` with no groups).
+    """
+
+    mean: np.ndarray  # (p,)
+    sd: np.ndarray  # (p,)
+    keep: np.ndarray  # (p,) bool
+    rescale: np.ndarray  # (p',)
+    centre: np.ndarray  # (p',)
+    axes: np.ndarray  # (k, p') unit rows, signs as in principal_components
+    scale: np.ndarray  # (k,) sqrt(n - 1) / singular value
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, k: int) -> Projector:
+        mean, sd = raw.mean(axis=0), raw.std(axis=0, ddof=1)
+        first = (raw - mean) / np.where(sd > 1e-12, sd, np.inf)
+        keep = first.std(axis=0) > 1e-12
+        rescale = first[:, keep].std(axis=0, ddof=1)
+        values = first[:, keep] / rescale
+        centre = values.mean(axis=0)
+        _, s, vt = np.linalg.svd(values - centre, full_matrices=False)
+        vt, s = vt[:k], s[:k]
+        signs = np.sign(vt[np.arange(k), np.abs(vt).argmax(axis=1)])
+        return cls(mean, sd, keep, rescale, centre, vt * signs[:, None], np.sqrt(len(raw) - 1) / s)
+
+    def standardise(self, raw: np.ndarray) -> np.ndarray:
+        """``(n, p')`` rows on the reference cohort's gene scale."""
+        return ((raw - self.mean) / np.where(self.sd > 1e-12, self.sd, np.inf))[:, self.keep] / self.rescale
+
+    def components(self, values: np.ndarray) -> np.ndarray:
+        """``(n, k)`` scores of standardised rows on the reference axes (unit variance on the reference)."""
+        return (values - self.centre) @ self.axes.T * self.scale

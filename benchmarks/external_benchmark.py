@@ -1,0 +1,226 @@
+"""Issue 20's table: train small, score on a large external cohort, pair per seed (``shared/benchmark.md``).
+
+For every signal model, ``n_train`` and seed, one training cohort of ``n_train`` cases and an external cohort of
+``n_external`` cases (same population and signal, held-out sites) come from one ``(config, seed)``. Every model is
+trained once on the training cohort and scored on the external cohort: c-index, and Spearman of the predicted
+risk with the true log-hazard eta. Paired differences vs ABMIL are per seed; their SE is sd / sqrt(seeds).
+
+Methods (registered aggregators, post-fit controls and references):
+
+- ``abmil``, ``msrl``, ``msrl_paper``, ``msrl_multi``, ``fusion``, ``msrl_random_gsl``, ``msrl_knn_cosine``;
+- ``msrl:shuffled_buffer`` (the fitted ``msrl``, buffer genomics deranged) and ``msrl:label_only`` (the fitted
+  ``msrl``, buffer rows lending their cases' observed outcomes: ``aggregators/label_borrowing.py``);
+- ``msrl_pancancer``: ``msrl`` whose stage 1 is one checkpoint per (signal, seed), pre-trained on a pan-cancer pool
+  of other types (``synth.generate_pancancer_pool``; never this cohort's training or external cases);
+- ``oracle`` (eta), ``wsi_oracle`` (E[eta | WSI latent]), ``genomics_cox`` (ridge Cox on genomics PCA).
+
+Signal models: ``A`` = the generator's defaults; ``B`` = ``signal_model=abundance, hazard_form=quadratic`` (a rare
+signal morphotype, a U-shaped hazard term), fixed before any MSRL run on it.
+
+Usage (each prints its wall time; finished (signal, n_train, seed) cells are kept in --out and not rerun)::
+
+    python benchmarks/external_benchmark.py --tier smoke                  # machinery only, ~2-3 min
+    python benchmarks/external_benchmark.py --tier quick --out ext_quick  # iteration, ~15 min, tuning seeds 0-4
+    python benchmarks/external_benchmark.py --tier full --signal A --out ext_A   # the table, report seeds
+    python benchmarks/external_benchmark.py --tier full --signal B --out ext_B
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from method_benchmark import EXTERNAL, MSRL_FAMILY, genomics_cox, spearman_with_truth  # noqa: E402
+
+from msrl_plugin import stats  # noqa: E402
+from msrl_plugin.aggregators.label_borrowing import lend_observed_outcomes  # noqa: E402
+from msrl_plugin.atomic import write_csv  # noqa: E402
+from msrl_plugin.compare import score_predictions, shuffle_buffer_genomics  # noqa: E402
+from msrl_plugin.registry import create_aggregator  # noqa: E402
+from msrl_plugin.synth import CohortConfig, generate_cohort, generate_pancancer_pool, with_external  # noqa: E402
+
+SIGNALS: dict[str, dict[str, Any]] = {"A": {}, "B": {"signal_model": "abundance", "hazard_form": "quadratic"}}
+ORDER = ["oracle", "wsi_oracle", "fusion", "msrl_multi", "genomics_cox", "msrl", "msrl_pancancer", "msrl_paper",
+         "msrl_random_gsl", "msrl_knn_cosine", "abmil", "msrl:shuffled_buffer", "msrl:label_only"]
+VARIANTS = {"msrl:shuffled_buffer": "msrl", "msrl:label_only": "msrl"}
+MSRL_QUICK = {"pretrain_epochs": 30, "embed_dim": 64}
+
+TIERS: dict[str, dict[str, Any]] = {
+    # the machinery end to end in minutes on 2 cores: its numbers are not evidence
+    "smoke": {"base": lambda **kw: CohortConfig.test_tier(**{"bag_min": 8, "bag_max": 24, "feature_dim": 32,
+                                                             "d_g": 16, **kw}),
+              "n_train": [48], "n_external": 200, "seeds": [0], "signals": ["A", "B"],
+              "budget": {"max_epochs": 2}, "msrl": {"pretrain_epochs": 2, "embed_dim": 32,
+                                                    "genomic_teacher_steps": 20},
+              "pool": {"n_types": 5, "n_cases": 200}, "methods": ["oracle", "wsi_oracle", "fusion", "msrl",
+                                                                  "msrl_pancancer", "abmil", "msrl:shuffled_buffer",
+                                                                  "msrl:label_only"]},
+    # iteration: test-tier bags, n_train 100, 1,000 external cases, tuning seeds 0-4, both signal models
+    "quick": {"base": CohortConfig.test_tier, "n_train": [100], "n_external": 1000, "seeds": list(range(5)),
+              "signals": ["A", "B"], "budget": {"max_epochs": 20, "max_patches": 128}, "msrl": MSRL_QUICK,
+              "pool": None, "methods": ["oracle", "wsi_oracle", "fusion", "msrl", "abmil", "msrl:shuffled_buffer",
+                                        "msrl:label_only"]},
+    # the table: n_train 100/200/400, 2,000 external cases, fresh report seeds, every method
+    "full": {"base": CohortConfig.test_tier, "n_train": [100, 200, 400], "n_external": 2000,
+             "seeds": list(range(100, 110)), "signals": ["A", "B"],
+             "budget": {"max_epochs": 20, "max_patches": 128}, "msrl": MSRL_QUICK,
+             "pool": {"n_types": 6, "n_cases": 3000}, "methods": ORDER},
+}
+
+
+# -- one cell: (signal, n_train, seed) ---------------------------------------------------------------------
+def pool_checkpoint(tier: dict[str, Any], signal: str, seed: int, folder: Path, log=print) -> Path:
+    """Stage 1 on the seed's pan-cancer pool, once per (signal, seed); reused by every n_train."""
+    from msrl_plugin.pretrain_io import save_pretrained
+
+    path = folder / f"pool_{signal}_seed{seed}.pt"
+    if path.exists():
+        return path
+    # the largest training cohort fixes the pool's gene scale (any n_train of the seed shares its population)
+    config = tier["base"](**{**SIGNALS[signal], "n_cases": max(tier["n_train"])})
+    start = time.perf_counter()
+    pool = generate_pancancer_pool(config, seed, **tier["pool"])
+    model = create_aggregator("msrl", **{**tier["budget"], **tier["msrl"], "seed": seed})
+    data = model._prepare_fit(pool.to_cohort())
+    pre = model.pretrain(data)
+    save_pretrained(path, pre, model.feature_dim_, model.genomics_columns_, pool.case_ids, model.get_params(),
+                    model.pretrain_history_)
+    log(f"  pan-cancer pool ({len(pool.cases)} cases, {tier['pool']['n_types'] - 1} other types): stage 1 in "
+        f"{time.perf_counter() - start:.0f}s -> {path.name}")
+    return path
+
+
+def model_params(name: str, tier: dict[str, Any], seed: int, pretrained: Path | None) -> tuple[str, dict]:
+    """(registered name, keywords): the shared budget, the MSRL family's settings, the seed."""
+    base = "msrl" if name == "msrl_pancancer" else name
+    params = {**tier["budget"], "seed": seed}
+    if base in MSRL_FAMILY:
+        params.update(tier["msrl"])
+    if name == "msrl_pancancer":
+        params["pretrained"] = str(pretrained)
+    return base, params
+
+
+def run_cell(tier: dict[str, Any], signal: str, n_train: int, seed: int, methods: list[str],
+             pretrained: Path | None, log=print) -> pd.DataFrame:
+    config = tier["base"](**{**SIGNALS[signal], "n_cases": n_train, "n_external": tier["n_external"]})
+    synth = generate_cohort(config, seed)
+    both, train_ids, test_ids = with_external(synth)
+    cohort = both.to_cohort()
+    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
+    log(f"  {signal} n_train={n_train} seed={seed}: external {len(test_ids)} cases (oracle "
+        f"{synth.external.truth.oracle_cindex:.3f}, WSI oracle {synth.external.truth.wsi_oracle_cindex:.3f})")
+    fitted, rows = {}, []
+    fit_names = list(dict.fromkeys([VARIANTS.get(m, m) for m in methods if m not in EXTERNAL]))
+    for name in fit_names:
+        base, params = model_params(name, tier, seed, pretrained)
+        start = time.perf_counter()
+        fitted[name] = (create_aggregator(base, **params).fit(train), time.perf_counter() - start)
+    for name in methods:
+        start = time.perf_counter()
+        if name == "oracle" or name == "wsi_oracle":
+            series = both.truth.eta if name == "oracle" else both.truth.eta_wsi
+            pred = pd.DataFrame({"risk": series.loc[test_ids].to_numpy()}, index=pd.Index(test_ids, name="case_id"))
+            model, seconds = None, 0.0
+        elif name == "genomics_cox":
+            pred, model, seconds = genomics_cox(train, test, seed), None, 0.0
+        else:
+            model, seconds = fitted[VARIANTS.get(name, name)]
+            if name == "msrl:shuffled_buffer":
+                model = shuffle_buffer_genomics(model, seed)
+            elif name == "msrl:label_only":
+                model = lend_observed_outcomes(model, train)
+            pred = model.predict(test)
+        metrics = score_predictions(train, test, pred, getattr(getattr(model, "task_", None), "edges", None))
+        rows.append({"signal": signal, "n_train": n_train, "seed": seed, "model": name,
+                     "c_index": metrics["c_index"], "spearman_eta": spearman_with_truth(pred, both.truth.eta),
+                     "fit_seconds": seconds, "predict_seconds": time.perf_counter() - start})
+    return pd.DataFrame(rows)
+
+
+# -- tables ------------------------------------------------------------------------------------------------
+def paired_table(per_seed: pd.DataFrame, reference: str = "abmil") -> pd.DataFrame:
+    """Per (signal, n_train, model): mean c-index and Spearman, and the per-seed paired difference vs the
+    reference: mean, SE (sd / sqrt(seeds)), Wilcoxon p, the smallest difference the seeds resolve (80% power,
+    two-sided 5%: 2.8 SE), and the share of the ABMIL-to-fusion gap recovered."""
+    rows = []
+    for (signal, n_train), part in per_seed.groupby(["signal", "n_train"], sort=False):
+        wide = {m: part.pivot_table(index="seed", columns="model", values=m) for m in ("c_index", "spearman_eta")}
+        ref = wide["c_index"].get(reference)
+        gap = None
+        if ref is not None and "fusion" in wide["c_index"]:
+            gap = float((wide["c_index"]["fusion"] - ref).mean())
+        for model in [m for m in ORDER if m in wide["c_index"]] + [m for m in wide["c_index"] if m not in ORDER]:
+            row = {"signal": signal, "n_train": n_train, "model": model,
+                   "c_index": float(wide["c_index"][model].mean()),
+                   "spearman_eta": float(wide["spearman_eta"][model].mean()),
+                   "seeds": int(wide["c_index"][model].count())}
+            if ref is not None and model != reference:
+                d = (wide["c_index"][model] - ref).dropna().to_numpy(float)
+                se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+                ds = (wide["spearman_eta"][model] - wide["spearman_eta"][reference]).dropna().to_numpy(float)
+                row.update({"diff_vs_abmil": float(d.mean()), "se": se, "wilcoxon_p": stats.wilcoxon_p(d),
+                            "resolves": 2.8 * se, "spearman_diff": float(ds.mean()),
+                            "gap_recovered": (float(d.mean()) / gap if gap and abs(gap) > 1e-9
+                                              and model.startswith("msrl") else float("nan"))})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run(tier_name: str, signals: list[str] | None = None, seeds: list[int] | None = None,
+        n_train: list[int] | None = None, methods: list[str] | None = None, out: Path | None = None,
+        log=print) -> pd.DataFrame:
+    tier = dict(TIERS[tier_name])
+    if n_train:
+        tier["n_train"] = n_train
+    methods = methods or tier["methods"]
+    if "msrl_pancancer" in methods and not tier.get("pool"):
+        raise SystemExit(f"tier {tier_name!r} has no pan-cancer pool; drop msrl_pancancer")
+    work = Path(out) if out is not None else Path("ext_benchmark_" + tier_name)
+    (work / "cells").mkdir(parents=True, exist_ok=True)
+    parts = []
+    for signal in signals or tier["signals"]:
+        for seed in seeds if seeds is not None else tier["seeds"]:
+            pretrained = pool_checkpoint(tier, signal, seed, work, log) if "msrl_pancancer" in methods else None
+            for n in tier["n_train"]:
+                cell = work / "cells" / f"{signal}_n{n}_seed{seed}.csv"
+                done = pd.read_csv(cell) if cell.exists() else pd.DataFrame({"model": []})
+                todo = [m for m in methods if m not in set(done["model"])]
+                if todo:
+                    fresh = run_cell(tier, signal, n, seed, todo, pretrained, log)
+                    done = pd.concat([done, fresh], ignore_index=True) if len(done) else fresh
+                    write_csv(cell, done)
+                parts.append(done[done["model"].isin(methods)])
+    per_seed = pd.concat(parts, ignore_index=True)
+    table = paired_table(per_seed)
+    write_csv(work / "per_seed.csv", per_seed)
+    write_csv(work / "table.csv", table)
+    log("\n" + table.to_string(index=False, float_format=lambda v: f"{v:+.3f}" if abs(v) < 1 else f"{v:.3f}"))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=sorted(TIERS), default="smoke")
+    parser.add_argument("--signal", default=None, help="comma-separated signal models (A, B); default: the tier's")
+    parser.add_argument("--seeds", default=None, help="comma-separated (default: the tier's)")
+    parser.add_argument("--n-train", default=None, help="comma-separated training sizes (default: the tier's)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ORDER)}")
+    parser.add_argument("--out", type=Path, default=None, help="results folder; finished cells are kept")
+    args = parser.parse_args(argv)
+    split = (lambda s, f=str: [f(x) for x in s.split(",")] if s else None)  # noqa: E731
+    start = time.perf_counter()
+    run(args.tier, split(args.signal), split(args.seeds, int), split(args.n_train, int), split(args.methods),
+        args.out)
+    print(f"\nwall time: {time.perf_counter() - start:.0f}s (tier {args.tier})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
