@@ -38,10 +38,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from method_benchmark import EXTERNAL, MSRL_FAMILY, genomics_cox, spearman_with_truth  # noqa: E402
 
-from msrl_plugin import stats  # noqa: E402
 from msrl_plugin.aggregators.label_borrowing import lend_observed_outcomes  # noqa: E402
+from msrl_plugin.aggregators.msrl_fitted import shuffle_buffer_genomics  # noqa: E402
 from msrl_plugin.atomic import write_csv  # noqa: E402
-from msrl_plugin.compare import score_predictions, shuffle_buffer_genomics  # noqa: E402
+from msrl_plugin.evaluation import stats  # noqa: E402
+from msrl_plugin.evaluation.compare import score_predictions  # noqa: E402
 from msrl_plugin.registry import create_aggregator  # noqa: E402
 from msrl_plugin.synth import CohortConfig, generate_cohort, generate_pancancer_pool, with_external  # noqa: E402
 

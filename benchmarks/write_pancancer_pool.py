@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from msrl_plugin.cli_compare import parse_value
+from msrl_plugin.cli.common import parse_value
 from msrl_plugin.synth import CohortConfig, generate_pancancer_pool, write_cohort
 
 

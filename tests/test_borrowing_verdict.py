@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from msrl_plugin.compare import ComparisonResult
+from msrl_plugin.evaluation.compare import ComparisonResult
 
 
 def _verdict(n_pairs: int) -> str:

@@ -44,7 +44,8 @@ def test_lending_the_genomic_risk_reproduces_msrl(fitted):
     same = copy.deepcopy(model)
     net = as_outcome_lending(same.model_, same.task_.n_outputs)
     with torch.no_grad():
-        net.outcome_logits.copy_(net.genomic_head(net.buffer.features[:, : net.embed_dim]))
+        lent = net.buffer.lent if net.buffer.lent_dim else net.genomic_head(net.buffer.features[:, : net.embed_dim])
+        net.outcome_logits.copy_(lent)  # what MSRL lends: its rows' cross-fitted risks by default
         net.lend_outcomes.fill_(True)
     np.testing.assert_allclose(same.predict(test)["risk"], model.predict(test)["risk"], atol=1e-5)
 

@@ -1,8 +1,9 @@
 """The label-only control of MSRL's borrowing: the neighbours' observed outcomes, not their genomics.
 
-MSRL's ``borrow="genomic_risk"`` adds, for each case, the edge-weighted mean of r_G(g_j) over its buffer
-neighbours j. r_G is fitted on the training cases' own outcomes, so a row's lent risk may be little more than its
-case's memorised label; the shuffled-buffer control destroys both and cannot tell them apart.
+MSRL's ``borrow="genomic_risk"`` adds, for each case, the edge-weighted mean of what its buffer neighbours j lend:
+a genomic risk of g_j (cross-fitted by default, ``teacher_crossfit``, so never row j's own memorised outcome; with
+``teacher_crossfit=0``, r_G(g_j) of a teacher fitted on every training case's outcome). The shuffled-buffer control
+destroys genomics and labels alike and cannot tell them apart; this control lends labels only.
 
 This control keeps everything of a fitted MSRL (weights, buffer, graph, edge weights, the head) and replaces
 only what each buffer row lends: r_G(g_j) becomes r_L(s_j), where s_j is the row's case's *observed outcome*

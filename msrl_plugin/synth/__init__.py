@@ -7,7 +7,8 @@ population for pre-training.
 """
 from .config import CohortConfig
 from .external import generate_pancancer_pool, with_external
-from .generator import CohortTruth, SynthCohort, generate_cohort
+from .generator import generate_cohort
+from .parts import CohortTruth, SynthCohort
 from .writer import write_cohort
 
 __all__ = ["CohortConfig", "CohortTruth", "SynthCohort", "generate_cohort", "generate_pancancer_pool",

@@ -19,7 +19,8 @@ import pandas as pd
 
 from ..errors import MSRLPluginError
 from .config import N_COMPONENTS, CohortConfig
-from .generator import (
+from .genomics import Projector, gaussian_rows, gaussian_surrogate, genomics_features, load_pool
+from .parts import (
     CohortTruth,
     SynthCohort,
     _genomic_rows,
@@ -29,7 +30,6 @@ from .generator import (
     survival_times,
     training_sites,
 )
-from .genomics import Projector, gaussian_rows, gaussian_surrogate, genomics_features, load_pool
 from .signal import LATENT_DIM, Teacher, World, draw_bags
 from .signal import rng as _rng
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, write_csv, write_json
-from .generator import PATCH_LEVEL0, SynthCohort
+from .parts import PATCH_LEVEL0, SynthCohort
 
 COORDS_DIR = "20x_256px_0px_overlap"
 
