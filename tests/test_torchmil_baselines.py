@@ -12,6 +12,7 @@ import pytest
 from _cohorts import easy_classification_cohort, easy_survival_cohort, labelled_genomics_cohort
 
 from msrl_plugin import create_aggregator, list_aggregators
+from msrl_plugin.errors import MSRLPluginError
 from msrl_plugin.nn.torchmil_encoders import TORCHMIL_MODELS, torchmil_available
 
 needs_torchmil = pytest.mark.skipif(not torchmil_available(), reason="needs msrl-plugin[torchmil]")
@@ -66,4 +67,6 @@ def test_msrl_trains_end_to_end_around_a_torchmil_encoder(form):
                               batch_size=4, max_patches=16, device="cpu", precision="fp32", **teacher)
     model.fit(cohort)
     assert type(model.model_.wsi_encoder).__name__ == "TorchMILEncoder"
+    with pytest.raises(MSRLPluginError, match="no per-patch attention"):  # heatmaps need attention scores
+        model.attention_scores(cohort)
     assert np.isfinite(model.predict(cohort).select_dtypes("number").drop(columns="neighbour_coverage")).all().all()

@@ -116,3 +116,18 @@ def test_torchmil_encoders_embed_each_bag_alone(name):
     if name != "dtfdmil":  # DTFD-MIL shuffles its pseudo-bags at random on every call
         alone, _ = enc(x[1:2, :7], None)
         torch.testing.assert_close(alone, h[1:2], rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_written_before_these_keywords_loads_with_the_abmil_encoder(tmp_path):
+    import json
+
+    cohort = easy_survival_cohort(n=16, dim=8)
+    model = create_aggregator("msrl_h", embed_dim=16, pretrain_epochs=0, **TRAINING).fit(cohort)
+    ckpt = model.checkpoint()
+    params = json.loads(ckpt["params"])
+    for name in ("wsi_encoder", "graph_forward", "buffer_update", "target_update"):
+        params.pop(name)  # as an older msrl-plugin wrote it
+    torch.save({**ckpt, "params": json.dumps(params)}, tmp_path / "old.pt")
+    loaded = type(model).load(tmp_path / "old.pt")
+    assert (loaded.wsi_encoder, loaded.graph_forward) == ("abmil", "per_case")
+    np.testing.assert_allclose(loaded.predict(cohort)["risk"], model.predict(cohort)["risk"], rtol=1e-6)

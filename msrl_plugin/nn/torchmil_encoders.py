@@ -13,8 +13,9 @@ head (survival NLL or cross-entropy) then sits on ``h``.
   classifier (which scores pseudo-bags and drives their Grad-CAM distillation) each give one logit. The wrapper
   keeps them and exposes those logits as ``aux_scores`` ``(B, M)``: DSMIL the max instance logit (M = 1, its
   max-pooling stream), DTFD-MIL one per pseudo-bag (M = n_groups). The aggregator trains them on the task through
-  a scalar-score head, as the papers train them on the bag label. CLAM-SB's instance-clustering loss needs a
-  binary bag label and is not used (the bag path alone trains).
+  a scalar-score head, as the papers train them on the bag label. Inside MSRL (``wsi_encoder``) these scores
+  are not trained yet: those classifiers keep their initial weights there. CLAM-SB's instance-clustering loss
+  needs a binary bag label and is not used (the bag path alone trains).
 - Patch-GCN is not offered: it needs each bag's patch coordinates, which mini-batches do not carry yet.
 """
 from __future__ import annotations
