@@ -101,6 +101,8 @@ def test_torchmil_names_are_listed_with_their_requirement(monkeypatch):
     with pytest.raises(MSRLPluginError, match=r"needs msrl-plugin\[torchmil\]") as info:
         check_wsi_encoder("transmil")
     assert "\n" not in str(info.value)
+    with pytest.raises(MSRLPluginError, match=r"'dsmil' needs msrl-plugin\[torchmil\]"):
+        create_aggregator("msrl", wsi_encoder="dsmil")
     assert torchmil_encoders.TORCHMIL_MODELS is TORCHMIL_MODELS
 
 
