@@ -116,6 +116,14 @@ def test_custom_aggregator_registers_through_its_entry_point(tmp_path, monkeypat
     model = registry.create_aggregator("meanpool", max_epochs=1, hidden_dim=8, seed=0).fit(cohort)
     assert set(model.predict(cohort).index) == set(cohort.case_ids)
     assert len(model.training_history()) == 1
+    # its build_wsi_encoder lends the encoder to MSRL under the same name
+    from msrl_plugin.wsi_encoders import list_wsi_encoders
+
+    assert list_wsi_encoders()["meanpool"] is None
+    msrl = registry.create_aggregator("msrl_h", wsi_encoder="meanpool", embed_dim=8, max_epochs=1,
+                                      pretrain_epochs=1, seed=0).fit(cohort)
+    assert type(msrl.model_.wsi_encoder).__name__ == "MeanPoolEncoder"
+    assert set(msrl.predict(cohort).index) == set(cohort.case_ids)
 
 
 @pytest.mark.slow

@@ -13,5 +13,8 @@ msrl-plugin make-cohort --tier test --set n_cases="${CASES:-120}" --seed 0 --out
 JOB=$WORK/job
 msrl-plugin train --model meanpool --features "$JOB" --clinical "$JOB/clinical.csv" --k "$FOLDS" \
     --max-epochs "$EPOCHS" --param hidden_dim=64 --results-dir "$WORK/results"
+# the same package lends its encoder to MSRL: MSRL's borrowing around a slide encoder it did not ship with
+msrl-plugin train --model msrl_h --features "$JOB" --clinical "$JOB/clinical.csv" --k "$FOLDS" \
+    --max-epochs "$EPOCHS" --param wsi_encoder=meanpool --param pretrain_epochs=1 --results-dir "$WORK/results"
 msrl-plugin compare --features "$JOB" --clinical "$JOB/clinical.csv" --models abmil,meanpool --k "$FOLDS" \
     --max-epochs "$EPOCHS" --n-boot 1000 --no-report --out "$WORK/compare"

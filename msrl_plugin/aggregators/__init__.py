@@ -14,7 +14,9 @@ from .msrl_forms import (
     MSRLRandomGSL,
 )
 from .multimodal import LateFusionAggregator, SNNAggregator
+from .torchmil_baselines import TORCHMIL_AGGREGATORS, EncoderMILAggregator
 
 __all__ = ["Aggregator", "ABMILAggregator", "MSRLAggregator", "SNNAggregator", "LateFusionAggregator",
            "ReconFusionAggregator", "CVAEFusionAggregator", "MSRLHAggregator", "MSRLMultiAggregator",
-           "MSRLKNNEuclidean", "MSRLKNNCosine", "MSRLRandomGSL", "MSRLOnlineBuffer", "MSRLPaperAggregator"]
+           "MSRLKNNEuclidean", "MSRLKNNCosine", "MSRLRandomGSL", "MSRLOnlineBuffer", "MSRLPaperAggregator",
+           "EncoderMILAggregator", "TORCHMIL_AGGREGATORS"]

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..batching import BagBatch, collate
 from ..cohort import Cohort
+from ..errors import MSRLPluginError
 from ..nn.abmil import ABMIL
 from ..registry import register_aggregator
 from .base import Aggregator, store_init_args
@@ -28,6 +29,9 @@ class AttentionMixin:
         for i, case_id in enumerate(data.case_ids):
             batch = collate(data, torch.tensor([i])).to(self._device())
             _, scores = pool(batch.x, batch.mask)
+            if scores is None:
+                raise MSRLPluginError(f"model {self.name!r}: its slide encoder has no per-patch attention",
+                                      fix="attention heatmaps need wsi_encoder=abmil")
             coords = cohort.load_bag(case_id).coords
             out[case_id] = (torch.softmax(scores[0], dim=0).cpu().numpy(), coords)
         return out

@@ -12,26 +12,29 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..batching import BagBatch, CaseData, batches, collate
+from ..batching import BagBatch, CaseData
 from ..cohort import Cohort
-from ..nn.ema import ema_update, make_target
+from ..nn.ema import make_target
 from ..nn.losses import balanced_bce, info_nce, info_nce_with_bank
 from ..nn.msrl import MSRLNetwork
 from ..registry import register_aggregator
+from ..wsi_encoders import check_wsi_encoder
 from .abmil import AttentionMixin
 from .base import Aggregator, store_init_args
 from .msrl_fitted import BufferCoverageMixin
 from .msrl_params import MSRL_CONSTRAINTS, warn_ignored
+from .msrl_parts import PartsMixin
 from .msrl_stage1 import Stage1Mixin
 
 #: the values that checkpoints written before these keywords existed were trained with (they load unchanged)
 LEGACY_PARAMS = {"borrow": "none", "similarity": "fused", "f_align": "paper", "pretrain_inter_level": "graph",
                  "genomic_teacher_weight": 1.0, "distill_weight": 0.0, "pretrain_holdout": 0.0,
-                 "genomic_teacher_steps": 0, "pretrain_transfer": "all", "teacher_crossfit": 0}
+                 "genomic_teacher_steps": 0, "pretrain_transfer": "all", "teacher_crossfit": 0,
+                 "wsi_encoder": "abmil", "graph_forward": "per_case", "buffer_update": "fifo", "target_update": "ema"}
 
 
 @register_aggregator("msrl")
-class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregator):
+class MSRLAggregator(PartsMixin, Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregator):
     """MSRL, the project's design: trains on WSI + genomics, predicts from the WSI by borrowing real genomics.
 
     Stage 1 (``pretrain_epochs`` > 0, on the training cases only, or ``pretrained`` = a checkpoint from
@@ -76,6 +79,12 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
 
     Architecture parameters
     -----------------------
+    wsi_encoder : str
+        The slide encoder phi_H by name (``msrl_plugin.wsi_encoders``: abmil, or transmil, dsmil, clam_sb, dtfdmil
+        with msrl-plugin[torchmil], or a plugin's); stage 1 pre-trains the same encoder.
+    graph_forward : {"per_case", "none"}
+        Each case's graph over [case; buffer] (the paper's graph forward), or none: MSRL with borrowing switched
+        off, the encoder's h through ABMIL's rho to the head (equals the abmil aggregator).
     embed_dim : int
         Width d of the WSI and genomic embeddings (graph nodes are 2d when fused).
     attn_dim : int or None
@@ -105,7 +114,12 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
     buffer_size : int
         Rows of real training-case features kept in the buffer.
     ema_momentum : float
-        Momentum of the EMA target branch (the buffer itself is plain FIFO).
+        Momentum of the EMA target branch.
+    buffer_update : {"fifo", "frozen"}
+        How the buffer takes each step's target features: FIFO (the paper), or kept as initialised.
+    target_update : {"ema", "frozen", "copy"}
+        How the target branch follows the online one after a step: EMA with ema_momentum (the paper), kept at
+        its pre-trained weights, or a copy.
     temperature : float
         InfoNCE temperature of the alignment losses.
     align_weight : float
@@ -190,21 +204,27 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
                  buffer_candidates: int | None = None, candidate_search: str = "torch",
-                 propagation: str = "dense", candidate_keys: str = "float16", precision: str = "auto"):
+                 propagation: str = "dense", candidate_keys: str = "float16", precision: str = "auto",
+                 wsi_encoder: str = "abmil", graph_forward: str = "per_case", buffer_update: str = "fifo",
+                 target_update: str = "ema"):
         store_init_args(self, locals())
 
     def _warn_ignored(self) -> None:
+        check_wsi_encoder(self.wsi_encoder)  # before any bag is read: unknown, or its extra not installed
         warn_ignored(self)
 
     # -- modules -------------------------------------------------------------------------------
-    def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> MSRLNetwork:
+    def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
+        if not self._borrows():
+            return self._plain_network(feature_dim, n_outputs)
         return MSRLNetwork(feature_dim, genomics_dim if self.modality == "fused" else 0, n_outputs,
                            self.embed_dim, self.attn_dim, self.modality, self.graph, self.k, self.learner_layers,
                            self.learner_activation, self.gcn_dropout, self.dropout, self.snn_activation,
                            getattr(self, "buffer_rows_", self.buffer_size), self.readout,
                            self.buffer_candidates, self.candidate_search, self.propagation,
                            self.borrow if self.modality == "fused" else "none", self.similarity,
-                           getattr(self, "candidate_keys", "float16"), self._lends_stored())
+                           getattr(self, "candidate_keys", "float16"), self._lends_stored(),
+                           self._encoder(feature_dim))
 
     # -- fit -----------------------------------------------------------------------------------
     def _eligible(self, has_genomics: torch.Tensor) -> torch.Tensor:
@@ -213,6 +233,8 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
 
     def fit(self, cohort: Cohort, progress: bool | None = None) -> MSRLAggregator:
         data = self._prepare_fit(cohort)
+        if not self._borrows():
+            return self._fit_without_graph(data, progress)
         device = self._device()
         eligible = self._eligible(data.has_genomics).nonzero().squeeze(1)
         self.buffer_rows_ = max(1, min(self.buffer_size, len(eligible)))
@@ -272,18 +294,6 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
         self.teacher_history_ = [float(v) for v in losses]
         if self._epoch_log is not None:
             self._epoch_log.teacher_steps(self.teacher_history_)
-
-    @torch.no_grad()
-    def _initialise_buffer(self, net: MSRLNetwork, data: CaseData, eligible: torch.Tensor) -> None:
-        """Real features concat(phi_G(X_G), phi_H(X_I)) of (a random subset of) training cases [P]."""
-        device = self._device()
-        chosen = eligible[torch.randperm(len(eligible), generator=self._generator)][: self.buffer_rows_]
-        net.eval()
-        feats = []
-        for index in batches(chosen, 64):
-            batch = collate(data, index, self.max_patches, self._generator).to(device)
-            feats.append(net.real_nodes(net.encode_wsi(batch.x, batch.mask), batch.genomics))
-        net.buffer.initialise(torch.cat(feats), [data.case_ids[i] for i in chosen.tolist()])
 
     def _step_loss(self, net: MSRLNetwork, target: MSRLNetwork, batch: BagBatch,
                    pending: dict[str, Any]) -> torch.Tensor:
@@ -365,15 +375,14 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
         return info_nce_with_bank(f[:, :d], f_t[:, :d], buffer.features[:, :d], allowed, self.temperature)
 
     def _after_step(self, net: MSRLNetwork, target: MSRLNetwork, pending: dict[str, Any]) -> None:
-        for name in self._ema_modules(net):
-            ema_update(getattr(target, name), getattr(net, name), self.ema_momentum)
+        self._update_target(target, net, self._ema_modules(net))
         feats, ids = pending.pop("features", None), pending.pop("ids", [])
         if distributed.is_distributed():  # every rank enqueues every rank's rows, in rank order
             empty = net.buffer.features.new_zeros(0, net.buffer.features.shape[1])
             feats = distributed.gather_rows(empty if feats is None else feats)
             ids = [i for part in distributed.gather_objects(ids) for i in part]
         if ids:
-            net.buffer.enqueue(feats, ids)
+            self._update_buffer(net.buffer, feats, ids)
 
     def _ema_modules(self, net: MSRLNetwork) -> list[str]:
         trained_gene_encoder = self._trains_gene_encoder() and net.gene_encoder is not None
@@ -381,12 +390,14 @@ class MSRLAggregator(Stage1Mixin, BufferCoverageMixin, AttentionMixin, Aggregato
 
     # -- inference -----------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
+        if not isinstance(model, MSRLNetwork):  # graph_forward="none": the ABMIL network over the encoder
+            return model(batch.x, batch.mask)[0]
         use_real = batch.has_genomics if self.genomics_at_test else None
         # the case ids make a case that sits in the buffer skip its own row
         return model(batch.x, batch.mask, batch.genomics, use_real, batch.case_ids)
 
     def _attention_pool(self) -> nn.Module:
-        return self.model_.wsi_encoder
+        return self.model_.wsi_encoder if isinstance(self.model_, MSRLNetwork) else self.model_.pool
 
     def _extra_state(self) -> dict[str, Any]:
         return {"buffer_rows": int(self.buffer_rows_), "coverage_threshold": float(self.coverage_threshold_)}

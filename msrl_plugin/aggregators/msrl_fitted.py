@@ -43,6 +43,8 @@ class BufferCoverageMixin:
         a case is less covered by the buffer's real cases than 95% of the training cases were: its borrowed
         genomics are less trustworthy, the paper's stated limitation)."""
         frame = super().predict(cohort)
+        if not hasattr(self.model_, "buffer"):  # graph_forward="none": nothing borrowed, no coverage
+            return frame.assign(neighbour_coverage=np.nan, outside_buffer_coverage=False)
         coverage = self.neighbour_coverage(self._case_data(cohort))
         frame["neighbour_coverage"] = coverage
         frame["outside_buffer_coverage"] = coverage < getattr(self, "coverage_threshold_", float("nan"))

@@ -54,7 +54,7 @@ DEFAULT_TAGS: dict[str, dict[str, str]] = {
         "pretrained": "D", "max_epochs": "D", "lr": "D", "reg": "B", "batch_size": "D", "max_patches": "D",
         "n_bins": "B", "alpha_surv": "B", "weighted_sample": "D", "seed": "D", "device": "D", "verbose": "D",
         "buffer_candidates": "D", "candidate_search": "D", "propagation": "D", "candidate_keys": "D",
-        "precision": "D",
+        "precision": "D", "wsi_encoder": "B", "graph_forward": "P", "buffer_update": "P", "target_update": "P",
     },
     "msrl_paper": {"embed_dim": "P", "readout": "P", "borrow": "P", "f_align": "P", "similarity": "P",
                    "pretrain_inter_level": "P", "genomic_teacher_steps": "P", "distill_weight": "P",

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from ..nn.msrl import BORROW, CANDIDATE_SEARCH, PROPAGATIONS, READOUTS, SIMILARITIES
 from ..nn.retrieval import KEY_DTYPES
 from ..pretrain import ANCHOR_INITS, INTER_LEVELS
+from .msrl_parts import BUFFER_UPDATE_NAMES, GRAPH_FORWARDS, TARGET_UPDATE_NAMES
 from .params import PARAMETER_CONSTRAINTS
 
 #: what fine-tuning may inherit from stage 1 (``pretrain_transfer``)
@@ -42,12 +43,18 @@ MSRL_CONSTRAINTS: dict[str, list] = {
     "train_gene_encoder": ["boolean", None],
     "teacher_crossfit": [Interval(Integral, 2, None, closed="left"), Options(Integral, {0})],
     "pretrained": [str, os.PathLike, None],
+    # the slide encoder's name is checked against the registry (plugins included) by check_wsi_encoder; the
+    # parts' registries are passed themselves, so a part registered later is accepted too
+    "wsi_encoder": [str], "graph_forward": _options(GRAPH_FORWARDS),
+    "buffer_update": [StrOptions(BUFFER_UPDATE_NAMES)], "target_update": [StrOptions(TARGET_UPDATE_NAMES)],
 }
 
 _TEACHER = ("genomic_teacher_weight", "genomic_teacher_steps", "distill_weight", "teacher_crossfit")
 _STAGE1 = ("pretrain_lr", "pretrain_batch_size", "maskfeat_rate_learner", "maskfeat_rate_anchor", "dropedge",
            "anchor_tau", "anchor_init", "pretrain_holdout", "pretrain_inter_level")
 _CANDIDATES = ("candidate_search", "candidate_keys")
+_GRAPH = ("k", "learner_layers", "learner_activation", "gcn_dropout", "readout", "buffer_size", "ema_momentum",
+          "temperature", "align_weight", "buffer_candidates", "propagation", "buffer_update", "target_update")
 _FUSED_ONLY = ("f_align", "similarity", "train_gene_encoder", "borrow", "snn_activation")
 
 
@@ -59,6 +66,9 @@ def ignored_parameters(model: Any) -> dict[str, str]:
         for name in names:
             out.setdefault(name, why)
 
+    if getattr(model, "graph_forward", "per_case") == "none":
+        mark(_GRAPH + _FUSED_ONLY + _TEACHER + _CANDIDATES + ("pretrain_epochs", "pretrained", "pretrain_transfer")
+             + _STAGE1, "graph_forward='none' builds no graph, buffer, target branch or stage 1")
     if model.modality == "wsi":
         mark(_FUSED_ONLY + _TEACHER, f"{model.name!r} has no genomics (MSRL_H)")
     elif model.borrow == "none":

@@ -18,7 +18,7 @@ class Stage1Mixin:
         return GSLPretrainModel(feature_dim, genomics_dim if self.modality == "fused" else 0, self.embed_dim,
                                 self.attn_dim, self.modality, self.k, self.learner_layers,
                                 self.learner_activation, dropedge=self.dropedge, dropout=self.dropout,
-                                snn_activation=self.snn_activation)
+                                snn_activation=self.snn_activation, wsi_encoder=self._encoder(feature_dim))
 
     def pretrain(self, data: CaseData, progress: bool | None = None) -> GSLPretrainModel:
         """Stage 1 on ``data`` (training cases only); the result is kept in ``pretrain_history_``."""

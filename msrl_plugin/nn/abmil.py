@@ -63,12 +63,16 @@ class GatedAttentionPool(nn.Module):
 
 
 class ABMIL(nn.Module):
-    """The ABMIL baseline: ``GatedAttentionPool`` (D -> 512, attention 256), rho 512 -> 256, head -> n_out."""
+    """The ABMIL baseline: ``GatedAttentionPool`` (D -> 512, attention 256), rho 512 -> 256, head -> n_out.
+
+    ``pool``: another slide encoder in place of the gated attention (``(B, N, D)`` -> ``(B, hidden_dim)``, see
+    :mod:`msrl_plugin.wsi_encoders`), e.g. a torchmil model; built by the caller before rho and the head.
+    """
 
     def __init__(self, in_dim: int, n_outputs: int, hidden_dim: int = 512, attn_dim: int = 256,
-                 rho_dim: int = 256, dropout: float = 0.25):
+                 rho_dim: int = 256, dropout: float = 0.25, pool: nn.Module | None = None):
         super().__init__()
-        self.pool = GatedAttentionPool(in_dim, hidden_dim, attn_dim, dropout)
+        self.pool = GatedAttentionPool(in_dim, hidden_dim, attn_dim, dropout) if pool is None else pool
         self.rho = nn.Sequential(nn.Linear(hidden_dim, rho_dim), nn.ReLU(), FastDropout(dropout))
         self.head = nn.Linear(rho_dim, n_outputs)
         init_xavier(self.rho)

@@ -24,7 +24,8 @@ class GraphStack(nn.Module):
 
 
 class GSLPretrainModel(nn.Module):
-    """phi_H (gated ABMIL), phi_G (SNN) and the graph stacks H, G, F (H only for ``modality='wsi'``).
+    """phi_H (a slide encoder, gated ABMIL by default), phi_G (SNN) and the graph stacks H, G, F (H only for
+    ``modality='wsi'``).
 
     Module names match :class:`~msrl_plugin.nn.msrl.MSRLNetwork` (``wsi_encoder``, ``gene_encoder``) so
     fine-tuning copies them; the fused stack (or H for MSRL_H) provides ``graph_learner`` and ``gcn``.
@@ -33,11 +34,13 @@ class GSLPretrainModel(nn.Module):
     def __init__(self, feature_dim: int, genomics_dim: int, embed_dim: int = 256, attn_dim: int | None = None,
                  modality: str = "fused", k: int = 10, learner_layers: int = 2, learner_activation: str = "tanh",
                  gcn_dropout: float = 0.5, dropedge: float = 0.5, dropout: float = 0.25,
-                 snn_activation: str = "selu", proj_dim: int = 256):
+                 snn_activation: str = "selu", proj_dim: int = 256, wsi_encoder: nn.Module | None = None):
         super().__init__()
         d = embed_dim
         self.modality = modality
-        self.wsi_encoder = GatedAttentionPool(feature_dim, d, attn_dim or d // 2, dropout)
+        # the slide encoder fine-tuning will use (``wsi_encoder``, :mod:`msrl_plugin.wsi_encoders`); None = ABMIL
+        self.wsi_encoder = (GatedAttentionPool(feature_dim, d, attn_dim or d // 2, dropout) if wsi_encoder is None
+                            else wsi_encoder)
         fused = modality == "fused" and genomics_dim > 0
         self.gene_encoder = SNN(genomics_dim, (d, d), dropout, snn_activation) if fused else None
         args = (k, learner_layers, learner_activation, gcn_dropout, dropedge, proj_dim)

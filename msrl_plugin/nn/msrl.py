@@ -114,6 +114,8 @@ class MSRLNetwork(nn.Module):
             float32, so the top-m is exact unless a true top-m row misses a shortlist of 2m (tested)] or
             ``"float32"`` (every score exact). Only the torch search of inner-product graphs
             (learned, cosine kNN) uses float16; Euclidean kNN and FAISS keep float32 keys.
+        wsi_encoder: phi_H, a slide encoder ``(B, N, D) -> (B, d)`` (:mod:`msrl_plugin.wsi_encoders`); None =
+            gated-attention ABMIL [B: method.md §9.1, width d, attention attn_dim].
     """
 
     def __init__(self, feature_dim: int, genomics_dim: int, n_outputs: int, embed_dim: int = 256,
@@ -122,7 +124,8 @@ class MSRLNetwork(nn.Module):
                  dropout: float = 0.25, snn_activation: str = "selu", buffer_size: int = 256,
                  readout: str = "node", buffer_candidates: int | None = None,
                  candidate_search: str = "torch", propagation: str = "dense", borrow: str = "none",
-                 similarity: str = "fused", candidate_keys: str = "float16", lend_stored: bool = False):
+                 similarity: str = "fused", candidate_keys: str = "float16", lend_stored: bool = False,
+                 wsi_encoder: nn.Module | None = None):
         super().__init__()
         if candidate_keys not in KEY_DTYPES:
             raise ValueError(f"candidate_keys must be one of {KEY_DTYPES}, got {candidate_keys!r}")
@@ -145,7 +148,8 @@ class MSRLNetwork(nn.Module):
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
         d = embed_dim
         self.modality = modality
-        self.wsi_encoder = GatedAttentionPool(feature_dim, d, attn_dim or d // 2, dropout)
+        self.wsi_encoder = (GatedAttentionPool(feature_dim, d, attn_dim or d // 2, dropout) if wsi_encoder is None
+                            else wsi_encoder)
         self.gene_encoder = (SNN(genomics_dim, (d, d), dropout, snn_activation)
                              if genomics_dim and modality == "fused" else None)
         self.inductor = SNN(d, (d, d), dropout, snn_activation) if modality == "fused" else None

@@ -3,6 +3,10 @@
 Registered through the ``msrl_plugin.aggregators`` entry point (see pyproject.toml), so it needs no
 change to msrl-plugin: the base class supplies training (Adam, fixed epochs), prediction, survival or
 classification heads and losses, metrics, checkpoints and resume.
+
+Its ``build_wsi_encoder`` classmethod also lends the slide encoder to MSRL under the same name: ``msrl-plugin
+train --model msrl --param wsi_encoder=meanpool`` pre-trains and fine-tunes MSRL around it (the contract is in
+``msrl_plugin.wsi_encoders``: ``(x (B, N, D), mask (B, N)) -> (h (B, out_dim), per-patch scores or None)``).
 """
 from __future__ import annotations
 
@@ -27,6 +31,21 @@ class MeanPoolMIL(nn.Module):
         return self.mlp(pooled)
 
 
+class MeanPoolEncoder(nn.Module):
+    """The slide-encoder half: masked mean over patches -> Linear(D, out_dim) -> ReLU -> dropout."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        if mask is None:
+            return self.proj(x.mean(1)), None
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        return self.proj((x * weights).sum(1) / weights.sum(1).clamp(min=1.0)), None  # no attention scores
+
+
 class MeanPoolAggregator(Aggregator):
     """Mean pooling of patch features + an MLP (a bag-level baseline without attention)."""
 
@@ -40,3 +59,8 @@ class MeanPoolAggregator(Aggregator):
 
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
         return model(batch.x, batch.mask)
+
+    @classmethod
+    def build_wsi_encoder(cls, in_dim: int, out_dim: int, attn_dim: int | None, dropout: float) -> nn.Module:
+        """MSRL's ``wsi_encoder="meanpool"``: bags -> ``(B, out_dim)`` case embeddings (attn_dim is unused)."""
+        return MeanPoolEncoder(in_dim, out_dim, dropout)
