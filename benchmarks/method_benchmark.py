@@ -51,8 +51,9 @@ import pandas as pd
 from msrl_plugin.atomic import write_csv, write_json
 from msrl_plugin.cohort import Cohort
 from msrl_plugin.evaluation import stats
-from msrl_plugin.evaluation.compare import ComparisonResult, compare_models, merge_results, variant_of
+from msrl_plugin.evaluation.compare import ComparisonResult, compare_models, merge_results
 from msrl_plugin.evaluation.splits import Fold
+from msrl_plugin.evaluation.variants import variant_of
 from msrl_plugin.registry import list_aggregators
 from msrl_plugin.synth import CohortConfig, SynthCohort, generate_cohort
 

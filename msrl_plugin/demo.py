@@ -80,10 +80,11 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
     from .adapters.loader import load_cohort
     from .adapters.results import ResultsFolder
     from .aggregators.base import Aggregator
-    from .evaluation.compare import borrowing_controls, from_cv_results, variant_of
+    from .evaluation.compare import from_cv_results
     from .evaluation.crossval import SELECTION_RULE, CVResult, cross_validate
     from .evaluation.report import write_report
     from .evaluation.splits import kfold_splits
+    from .evaluation.variants import borrowing_controls, variant_of
     from .synth import CohortConfig, generate_cohort, write_cohort
 
     budget = budget or DemoBudget()

@@ -301,7 +301,7 @@ def test_benchmark_ordering_verdicts():
 
 
 def test_borrowing_controls_are_added_once_in_either_spelling():
-    from msrl_plugin.evaluation.compare import borrowing_controls
+    from msrl_plugin.evaluation.variants import borrowing_controls
 
     assert borrowing_controls(["abmil", "msrl", "msrl_multi", "msrl_h"]) == ["msrl:shuffled_buffer",
                                                                             "msrl_multi:shuffled_buffer"]

@@ -75,3 +75,12 @@ def test_no_module_is_over_about_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in _modules().values()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"split these modules: {long}"
+
+
+def test_every_subpackage_is_installed():
+    """pyproject lists packages explicitly: a new folder left out would be missing from a non-editable install."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "msrl_plugin").rglob("__init__.py")}
+    assert folders | {"msrl_plugin.adapters"} <= listed, sorted(folders - listed)

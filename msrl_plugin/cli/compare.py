@@ -24,7 +24,7 @@ from .records import check_log_data, compare_record, log_data_option, provenance
 
 def parse_model_params(items: tuple[str, ...] | list[str], models: list[str]) -> dict[str, dict[str, Any]]:
     """``("msrl.k=5", "abmil.lr=1e-4")`` -> ``{"msrl": {"k": 5}, "abmil": {"lr": 0.0001}}`` (checked)."""
-    from ..evaluation.compare import variant_of
+    from ..evaluation.variants import variant_of
     from ..registry import get_aggregator_class
 
     bases = {(variant_of(m) or (m,))[0] for m in models}
@@ -119,7 +119,7 @@ def compare(**kw):
     seeds = _int_list(kw["seeds"], "--seeds")
     params = parse_model_params(kw["extra_params"], models)
     if kw["device"] != "auto":
-        from ..evaluation.compare import variant_of
+        from ..evaluation.variants import variant_of
 
         for base in {(variant_of(m) or (m,))[0] for m in models}:
             params.setdefault(base, {})["device"] = kw["device"]

@@ -83,7 +83,7 @@ def prediction_record(kw: dict[str, Any], cohort, model, recorded: Path):
 def compare_record(kw: dict[str, Any], cohort, models: list[str], params: dict[str, dict[str, Any]]):
     """compare's provenance record; refused when --out holds results of other inputs."""
     from ..aggregators.base import resolve_device
-    from ..evaluation.compare import variant_of
+    from ..evaluation.variants import variant_of
     from ..provenance import start_record
     from ..registry import create_aggregator
 

@@ -27,51 +27,20 @@ from ..aggregators.msrl_fitted import shuffle_buffer_genomics
 from ..atomic import write_csv, write_json
 from ..cohort import SURVIVAL, Cohort
 from ..errors import MSRLPluginError
-from ..registry import create_aggregator, get_aggregator_class, list_aggregators
+from ..registry import create_aggregator, get_aggregator_class
 from ..survival import fit_bin_edges
 from ..training_log import attached
 from . import stats
 from .crossval import SELECTION_RULE
 from .metrics import concordance_index, fold_survival_metrics
 from .splits import Fold, kfold_splits
+from .variants import borrowing_controls, variant_of
 
 DEFAULT_BUDGET: dict[str, Any] = {"max_epochs": 20}
 PRIMARY = {"survival": "c_index", "classification": "auc"}
 HISTORY_COLUMNS = ["model", "seed", "fold", "stage", "epoch", "loss"]
 #: an external model: (training cohort, test cohort, seed) -> predictions indexed by case_id
 ExternalModel = Callable[[Cohort, Cohort, int], pd.DataFrame]
-
-
-# -- post-fit variants -----------------------------------------------------------------------------
-#: ``<model>:<transform>`` names a post-fit variant of a registered model, e.g. ``msrl_h:shuffled_buffer``
-TRANSFORMS: dict[str, Callable[[Aggregator, int], Aggregator]] = {"shuffled_buffer": shuffle_buffer_genomics}
-#: short names of common variants
-VARIANT_ALIASES = {"msrl_shuffled_buffer": "msrl:shuffled_buffer"}
-
-
-def variant_of(name: str) -> tuple[str, Callable[[Aggregator, int], Aggregator]] | None:
-    """``(base model, transform)`` when ``name`` is a post-fit variant, else None."""
-    base, sep, transform = VARIANT_ALIASES.get(name, name).partition(":")
-    if not sep:
-        return None
-    if transform not in TRANSFORMS:
-        raise MSRLPluginError(f"unknown model variant {transform!r} in {name!r}",
-                              fix=f"known variants: {', '.join(TRANSFORMS)} (e.g. msrl:shuffled_buffer)")
-    return base, TRANSFORMS[transform]
-
-
-def borrowing_controls(models: list[str]) -> list[str]:
-    """The shuffled-buffer control of every plain model here whose buffer holds real genomics (unless the
-    models already name one, in either spelling)."""
-    present = {v[0] for v in map(variant_of, models) if v is not None and v[1] is shuffle_buffer_genomics}
-    out = []
-    for name in models:
-        if variant_of(name) or name in present or name not in list_aggregators():
-            continue
-        cls = get_aggregator_class(name)
-        if getattr(cls, "modality", None) == "fused" and hasattr(cls, "with_shuffled_buffer"):
-            out.append(f"{name}:shuffled_buffer")
-    return out
 
 
 # -- results ---------------------------------------------------------------------------------------
