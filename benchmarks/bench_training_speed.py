@@ -25,6 +25,7 @@ benchmarks/bench_training_speed.py [--quick] [--profile]``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +41,9 @@ from msrl_plugin.adapters.packed_cache import build_or_update_packed_cache
 from scipy import stats as scipy_stats
 from torch import nn
 
+from msrl_plugin import precision
 from msrl_plugin.aggregators.abmil import ABMILAggregator
+from msrl_plugin.aggregators.train_step import fit_precision
 from msrl_plugin.cohort import Cohort
 from msrl_plugin.synth import CohortConfig, generate_cohort, write_cohort
 
@@ -104,17 +107,20 @@ def clam_cindex(agg: ABMILAggregator, model: nn.Module, test: Cohort) -> float:
     return agg.task_.evaluate(agg.task_.predictions(logits, data.case_ids), test)["c_index"]
 
 
+def bag_patches(cohort: Cohort, cap: int | None) -> int:
+    """Patches one epoch trains (each bag after the ``cap``; CLAM has none)."""
+    return sum(min(cohort.load_bag(c).features.shape[0], cap or 10**9) for c in cohort.case_ids)
+
+
 def step_flops(cohort: Cohort, cap: int | None, hidden: int = 512, attn: int = 256) -> float:
     """Forward + backward FLOPs of one epoch of our ABMIL over ``cohort`` (patch-level GEMMs only)."""
-    d = cohort.feature_dim
-    patches = sum(min(cohort.load_bag(c).features.shape[0], cap or 10**9) for c in cohort.case_ids)
-    per_patch = d * hidden * 2 + hidden * 2 * attn * 3  # fc: forward + weight grad; attention: fwd + 2 grads
-    return 2.0 * per_patch * patches
+    per_patch = cohort.feature_dim * hidden * 2 + hidden * 2 * attn * 3  # fc: fwd + weight grad; attention: 3
+    return 2.0 * per_patch * bag_patches(cohort, cap)
 
 
-def matmul_rate(d: int, repeats: int = 5) -> float:
-    """FLOP/s of a float32 (4096 x d) @ (d x 512) matmul on this process's threads (best of ``repeats``)."""
-    a, b = torch.randn(4096, d), torch.randn(d, 512)
+def matmul_rate(d: int, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """FLOP/s of a (4096 x d) @ (d x 512) matmul in ``dtype`` on this process's threads (best of ``repeats``)."""
+    a, b = torch.randn(4096, d).to(dtype), torch.randn(d, 512).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -122,6 +128,30 @@ def matmul_rate(d: int, repeats: int = 5) -> float:
             a @ b
         best = min(best, (time.perf_counter() - start) / 4)
     return 2.0 * 4096 * d * 512 / best
+
+
+def machine_line() -> str:
+    """CPU model, native bf16 flag, threads and load: printed next to every figure."""
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 "unknown CPU")
+    flags = precision.cpu_flags()
+    bf16 = "/".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no native bf16 flag"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"CPU {model} ({bf16}; torch capability {torch.backends.cpu.get_cpu_capability()}), "
+            f"{torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores, load average {load}")
+
+
+def probe_pick(cohort: Cohort, seed: int, epochs: int, overrides: dict) -> precision.PrecisionChoice:
+    """What the timed probe picks for this regime even where the fit is too short to run it (checks the rule)."""
+    agg = ABMILAggregator(max_epochs=epochs, seed=seed, device="cpu", **{**overrides, "precision": "auto"})
+    data = agg._prepare_fit(cohort)
+    model = agg._build_model(agg.feature_dim_, 0, agg.task_.n_outputs)
+    saved = precision.MIN_STEPS_TO_PROBE
+    precision.MIN_STEPS_TO_PROBE, _ = 0, precision.forget_decisions()
+    try:
+        return fit_precision(agg, "auto", model, data, agg._training_loss, torch.device("cpu"), agg._patch_budget())
+    finally:
+        precision.MIN_STEPS_TO_PROBE, _ = saved, precision.forget_decisions()
 
 
 def make_cohort(name: str, n: int, tmp: Path, seed: int, folds: int) -> tuple:
@@ -153,39 +183,68 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs (a few minutes)")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per regime [3; quick 2]")
     parser.add_argument("--metric-epochs", type=int, default=None, help="epochs of the paired folds [10; quick 6]")
-    parser.add_argument("--folds", type=int, default=5, help="paired folds of the small regime (>= 5) [5]")
+    parser.add_argument("--folds", type=int, default=5, help="paired folds of the small regime (>= 5; 0 skips) [5]")
     parser.add_argument("--regimes", default="small,bench,realistic")
     parser.add_argument("--ours", default="", metavar="KEY=VALUE[,...]", help="overrides of our defaults")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops [1]")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per regime")
+    parser.add_argument("--repeats", type=int, default=3, help="fits of each of ours, round robin; medians [3]")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     epochs = args.epochs or (2 if args.quick else 3)
     metric_epochs = args.metric_epochs or (6 if args.quick else 10)
     overrides = parse_config(args.ours)
+    # ours in each precision, in this run: the shipped default (auto) and both fixed ones, unless --ours fixes it
+    variants = {"auto": {}, "fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}}
+    if "precision" in overrides:
+        variants = {overrides["precision"]: {}}
+    cpu = torch.device("cpu")
+    print(machine_line(), flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="msrl-bench-speed-") as tmp:
         for name in args.regimes.split(","):
             n = QUICK[name] if args.quick else REGIMES[name][0]
             synth, cohort, paths = make_cohort(name, n, Path(tmp), args.seed, max(args.folds, 2))
-            ours = ABMILAggregator(max_epochs=epochs, seed=args.seed, device="cpu", **overrides)
-            load_s, ours_epoch, _ = timed_fit(ours, cohort)
             _, clam_epochs = clam_fit(ABMILAggregator(max_epochs=epochs, seed=args.seed, device="cpu"), cohort,
                                       paths)
-            rate = matmul_rate(cohort.feature_dim)
-            achieved = step_flops(cohort, ours.max_patches) / ours_epoch
             clam_epoch = statistics.median(clam_epochs)
-            results[name] = dict(ours=ours_epoch, clam=clam_epoch, ratio=clam_epoch / ours_epoch,
-                                 flops=achieved, rate=rate, load=load_s, precision=ours.precision_)
-            print(f"[{name}] {len(cohort)} cases, bags {REGIMES[name][1]}-{REGIMES[name][2]} x "
-                  f"{cohort.feature_dim}-d: epoch ours {ours_epoch:.2f} s (precision {ours.precision_}, "
-                  f"+ {load_s:.2f} s one-off load) vs CLAM {clam_epoch:.2f} s = {clam_epoch / ours_epoch:.2f}x; "
-                  f"step {achieved / 1e9:.1f} GFLOP/s = {achieved / rate:.0%} of the matmul's "
-                  f"{rate / 1e9:.1f} GFLOP/s", flush=True)
+            rates = {"fp32": matmul_rate(cohort.feature_dim), "bf16": matmul_rate(cohort.feature_dim, torch.bfloat16)}
+            row = {"clam": clam_epoch, "clam_patches": bag_patches(cohort, None), "variants": {}}
+            print(f"[{name}] {len(cohort)} cases, bags {REGIMES[name][1]}-{REGIMES[name][2]} x {cohort.feature_dim}-d:"
+                  f" CLAM epoch {clam_epoch:.2f} s; matmul fp32 {rates['fp32'] / 1e9:.1f}, bf16 "
+                  f"{rates['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
+            timed: dict[str, list] = {label: [] for label in variants}
+            for _ in range(args.repeats):  # round robin: a change in the machine's load hits every variant alike
+                for label, extra in variants.items():
+                    precision.forget_decisions()  # each fit decides afresh (nothing remembered from another)
+                    ours = ABMILAggregator(max_epochs=epochs, seed=args.seed, device="cpu", **{**overrides, **extra})
+                    load_s, train_epoch, _ = timed_fit(ours, cohort)
+                    probe_s = ours.precision_probe_seconds_
+                    # the probe is one-off per fit: printed apart, like the load
+                    timed[label].append((train_epoch - probe_s / epochs, load_s, probe_s, ours))
+            for label, runs in timed.items():
+                epoch = statistics.median(r[0] for r in runs)
+                load_s, probe_s, ours = statistics.median(r[1] for r in runs), max(r[2] for r in runs), runs[0][3]
+                patches = bag_patches(cohort, ours.max_patches)
+                achieved = step_flops(cohort, ours.max_patches) / epoch
+                row["variants"][label] = v = dict(
+                    epoch=epoch, ratio=clam_epoch / epoch, precision=ours.precision_, reason=ours.precision_reason_,
+                    share=achieved / rates[ours.precision_], probe=probe_s, patches=patches,
+                    per_patch=epoch / patches, clam_per_patch=clam_epoch / row["clam_patches"])
+                print(f"  ours {label:<4} epoch {epoch:.2f} s, median of {len(runs)} ({v['reason']}; + "
+                      f"{load_s:.2f} s load, + {probe_s:.2f} s probe) = {v['ratio']:.2f}x CLAM; step "
+                      f"{achieved / 1e9:.1f} GFLOP/s = {v['share']:.0%} of the {ours.precision_} matmul; "
+                      f"per patch {v['per_patch'] * 1e6:.0f} us vs CLAM "
+                      f"{v['clam_per_patch'] * 1e6:.0f} us", flush=True)
+            if "auto" in variants:
+                pick = probe_pick(cohort, args.seed, epochs, overrides)
+                row["probe_pick"] = pick
+                print(f"  the timed probe on this regime would pick: {pick.describe()}", flush=True)
+            results[name] = row
             if args.profile:
                 profile_step(ABMILAggregator(max_epochs=1, seed=args.seed, device="cpu", **overrides), cohort)
-            if name == "small":
+            if name == "small" and args.folds > 0:
                 diffs = []
                 for k, (train_ids, test_ids) in enumerate(synth.folds[: args.folds]):
                     train, test = cohort.subset(list(train_ids)), cohort.subset(list(test_ids))
@@ -195,18 +254,31 @@ def main(argv: list[str] | None = None) -> int:
                     model, _ = clam_fit(base, train, paths)
                     c_ours, c_clam = mine.evaluate(test)["c_index"], clam_cindex(base, model, test)
                     diffs.append(c_ours - c_clam)
-                    print(f"  fold {k}: held-out c-index ours {c_ours:.3f}, CLAM {c_clam:.3f} "
+                    print(f"  fold {k}: held-out c-index ours ({mine.precision_}) {c_ours:.3f}, CLAM {c_clam:.3f} "
                           f"({c_ours - c_clam:+.3f})", flush=True)
                 mean = float(np.mean(diffs))
                 half = float(scipy_stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
                 results["metric"] = (mean, mean - half, mean + half, len(diffs))
-    print("\nsummary (ratio = CLAM epoch / ours; target >= 2x at every regime, realistic >= 60% of the matmul)")
+    print(f"\nsummary ({machine_line()})")
+    print("ratio = CLAM epoch / ours; targets: shipped default >= 2x on native bf16, fp32 >= 1.5x, none < 1x; "
+          "auto within 10% of the better fixed precision")
+    native = precision.native_bf16(cpu)
     for name, r in results.items():
         if name == "metric":
             continue
-        print(f"  {name:<10} ours {r['ours']:.2f} s, CLAM {r['clam']:.2f} s: {r['ratio']:.2f}x "
-              f"({'met' if r['ratio'] >= 2 else 'MISSED'}); {r['flops'] / r['rate']:.0%} of the matmul rate "
-              f"({r['flops'] / 1e9:.1f} / {r['rate'] / 1e9:.1f} GFLOP/s)")
+        vs = r["variants"]
+        for label, v in vs.items():
+            target = 1.5 if label == "fp32" else (2.0 if native else 1.5)
+            print(f"  {name:<10} {label:<4} ({v['precision']}) {v['epoch']:.2f} s vs CLAM {r['clam']:.2f} s: "
+                  f"{v['ratio']:.2f}x ({'met' if v['ratio'] >= target else 'MISSED'} >= {target}x); "
+                  f"{v['share']:.0%} of the {v['precision']} matmul rate; per patch {v['per_patch'] * 1e6:.0f} us "
+                  f"vs CLAM {v['clam_per_patch'] * 1e6:.0f} us")
+        if {"auto", "fp32", "bf16"} <= set(vs):
+            best = min(vs["fp32"]["epoch"], vs["bf16"]["epoch"])
+            loss = vs["auto"]["epoch"] / best - 1
+            print(f"  {name:<10} auto vs the better fixed precision: {loss:+.0%} "
+                  f"({'met' if loss <= 0.10 else 'MISSED'}: <= +10%); the probe would pick "
+                  f"{r['probe_pick'].precision}")
     if "metric" in results:
         mean, low, high, n = results["metric"]
         print(f"  held-out c-index ours - CLAM over {n} paired folds: {mean:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] "
