@@ -4,8 +4,8 @@ Target (issue 5): MSRL fine-tuning epoch <= 1.5x our ABMIL epoch. Both aggregato
 defaults (ABMIL: batch 8; MSRL: batch 32, buffer 256, embed 256, target branch + graph forward every step) on
 the same synthetic cohort with genomics, bags read from the packed feature cache. Stage-1 GSL pre-training is
 a separate one-off cost and is printed on its own line. Issue 23: the whole fit (stage 1 + genomic teacher +
-buffer + fine-tuning) against ABMIL's, as run and extrapolated to the shipped epoch counts. Each repeat uses a new seed; medians are printed. Run:
-``python benchmarks/bench_msrl_epoch.py [--quick]``.
+buffer + fine-tuning) against ABMIL's, as run and extrapolated to the shipped epoch counts. Each repeat uses a
+new seed; medians are printed. Run: ``python benchmarks/bench_msrl_epoch.py [--quick]``.
 """
 from __future__ import annotations
 
