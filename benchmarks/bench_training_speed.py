@@ -1,4 +1,4 @@
-"""Training speed in one run (issue 14): our ABMIL epoch vs a CLAM loop at three bag regimes, the FLOP/s our
+"""Training speed in one run (issues 14, 23): our ABMIL epoch vs a CLAM loop at three bag regimes, the FLOP/s our
 step reaches against a matmul timed in the same run, and the paired held-out c-index difference.
 
 Regimes (synthetic cohorts in TRIDENT layout from ``msrl_plugin.synth``):
@@ -7,20 +7,25 @@ Regimes (synthetic cohorts in TRIDENT layout from ``msrl_plugin.synth``):
 - ``bench``: 128-512 x 384-d (the benchmark tier);
 - ``realistic``: 2,000-8,000 x 1024-d (UNI-sized features), our shipped ``max_patches=4096`` cap.
 
-Ours: ``ABMILAggregator`` with its shipped defaults (batch 8, ``max_patches`` 4096, ``precision="auto"``, which
-is float32 on a CPU without native bf16), bags from the packed feature cache (its one-off load is printed
-apart). CLAM: CLAM's own loop and layers, re-written here so that our speed work cannot speed it up: batch 1,
-the slide's h5 read on every step, ``nn.Linear``/``nn.Dropout`` layers of ``CLAM_SB``'s gated attention
-(``Attn_Net_Gated``), the whole bag (CLAM has no patch cap), an ``Adam`` step per bag (torch's default
-implementation), the same survival NLL loss, lr, weight decay and epochs.
+Ours: ``ABMILAggregator`` with its shipped defaults (batch 8, ``max_patches`` 4096, ``batch_patches`` 4096,
+``precision="auto"``), fitted in each precision in one run: ``auto`` (the shipped default; it prints what it
+picked and why), ``fp32`` and ``bf16``, round robin with CLAM's loop, ``--repeats`` times, medians; bags from the
+packed feature cache (its one-off load printed apart, as is a precision probe's one-off time). CLAM: CLAM's own
+loop and layers, re-written here so that our speed work cannot speed it up: batch 1, the slide's h5 read on every
+step, ``nn.Linear``/``nn.Dropout`` layers of ``CLAM_SB``'s gated attention (``Attn_Net_Gated``), the whole bag
+(CLAM has no patch cap), an ``Adam`` step per bag (torch's default implementation), the same survival NLL loss,
+lr, weight decay and epochs, float32 (CLAM has no bf16 path).
 
 FLOP/s of our step = the multiply-adds of forward and backward (counted per patch actually trained: first
 layer forward and weight gradient, attention forward and both gradients; x2 FLOPs) / our epoch time; the
-reference rate is a (4096 x D) @ (D x 512) float32 matmul timed in the same process, on the same threads.
-Paired metric: ``--folds`` (>= 5) stratified folds of the small regime, both loops trained on each, held-out
-c-index difference per fold, mean and t-based 95% CI. Every timing is a ratio within this run, so other jobs
-on the machine slow both sides; say so when quoting the figures. Run: ``python
-benchmarks/bench_training_speed.py [--quick] [--profile]``.
+reference rate is a (4096 x D) @ (D x 512) matmul **in the precision the step ran in** (fp32 or bf16), timed in
+the same process, on the same threads. Per-patch cost: epoch seconds / patches trained (ours after the cap, CLAM
+the whole bags). For each regime the script also prints what the timed probe of ``precision="auto"`` would pick
+there (a quick fit uses the stated rule instead: too few steps to pay for a probe), so the rule is checked.
+Paired metric: ``--folds`` (>= 5; 0 skips) stratified folds of the small regime, both loops trained on each,
+held-out c-index difference per fold, mean and t-based 95% CI. Every timing is a ratio within this run, so other
+jobs on the machine slow both sides; the first line names the CPU, its bf16 flags, the threads and the load.
+Run: ``python benchmarks/bench_training_speed.py [--quick] [--profile] [--ours precision=fp32]``.
 """
 from __future__ import annotations
 
@@ -209,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             clam_epochs: list[float] = []
             rates = {"fp32": matmul_rate(cohort.feature_dim), "bf16": matmul_rate(cohort.feature_dim, torch.bfloat16)}
             timed: dict[str, list] = {label: [] for label in variants}
-            for _ in range(args.repeats):  # round robin: a change in the machine's load hits every loop alike
+            for r in range(args.repeats):  # round robin: a change in the machine's load hits every loop alike
                 clam_epochs += clam_fit(ABMILAggregator(max_epochs=epochs, seed=args.seed, device="cpu"), cohort,
                                         paths)[1]
-                for label, extra in variants.items():
+                labels = list(variants)
+                for label in labels[r % len(labels):] + labels[: r % len(labels)]:  # each goes first in turn
+                    extra = variants[label]
                     precision.forget_decisions()  # each fit decides afresh (nothing remembered from another)
                     ours = ABMILAggregator(max_epochs=epochs, seed=args.seed, device="cpu", **{**overrides, **extra})
                     load_s, train_epoch, _ = timed_fit(ours, cohort)
