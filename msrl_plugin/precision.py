@@ -6,11 +6,13 @@ bf16 support, but its casts cost more than its GEMMs save on small steps (64-d f
 measured bf16 1.6x *slower* than fp32 there on a Zen 4 CPU), so a CPU flag alone cannot decide. ``"auto"`` [D]:
 
 1. no native bf16 (e.g. AVX2 only, where torch emulates it) -> ``fp32``, nothing timed;
-2. native bf16 and a fit long enough to pay for it -> a **probe**: the real training step (collation, forward,
-   backward) on the fit's first batch, :data:`PROBE_STEPS` times each way, interleaved after one warm-up each,
-   on the model's own weights restored afterwards (no optimiser step, RNG state restored: the fit trains exactly
-   as with the chosen precision given explicitly). bf16 is chosen iff its median step is at least
-   :data:`BF16_MARGIN` faster than fp32's (a tie goes to the exact float32);
+2. native bf16 and a fit long enough to pay for it -> a **probe**: the real training step (forward and backward
+   of the fit's own batches, chunked as in training) after one warm-up round, each round a new batch run once
+   each way, for at least :data:`PROBE_STEPS` rounds and :data:`PROBE_MIN_SECONDS` of timed steps (at most
+   :data:`PROBE_MAX_STEPS` rounds), on the model's own weights restored afterwards (no optimiser step, RNG state
+   restored: the fit trains exactly as with the chosen precision given explicitly). bf16 is chosen iff the
+   median over rounds of (bf16 step / fp32 step on the same batch) is below 1 - :data:`BF16_MARGIN` (paired:
+   a change in the machine's load between rounds cancels; a tie goes to the exact float32);
 3. a fit too short to pay for the probe (fewer than :data:`MIN_STEPS_TO_PROBE` steps) -> the **rule** derived
    from such probes (``benchmarks/README.md``, issue 23): bf16 iff a forward pass holds at least
    :data:`RULE_MIN_PATCHES` patches, else fp32. Probed on a Zen 4 EPYC (AVX512-BF16, 1 thread): ~40-patch steps
@@ -33,8 +35,10 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-#: timed steps per precision in a probe (after one warm-up step each)
+#: timed rounds of a probe, at least (after one warm-up round); more until PROBE_MIN_SECONDS, up to PROBE_MAX_STEPS
 PROBE_STEPS = 3
+PROBE_MIN_SECONDS = 1.0
+PROBE_MAX_STEPS = 15
 #: bf16 must be this much faster (relative) than fp32 to be chosen
 BF16_MARGIN = 0.05
 #: below this many training steps in the whole fit the probe would cost more than it can save: the rule decides
@@ -87,18 +91,23 @@ def rule_precision(patches_per_step: float) -> str:
 
 
 def pick_from_probe(seconds: dict[str, list[float]]) -> tuple[str, dict[str, float]]:
-    """``{"fp32": [s, ...], "bf16": [s, ...]}`` -> (the faster by the margin, the medians)."""
+    """``{"fp32": [s, ...], "bf16": [s, ...]}`` (paired by round) -> (the faster by the margin, the medians)."""
     medians = {p: statistics.median(s) for p, s in seconds.items()}
-    return ("bf16" if medians["bf16"] < (1 - BF16_MARGIN) * medians["fp32"] else "fp32"), medians
+    ratio = statistics.median(b / max(f, 1e-12) for f, b in zip(seconds["fp32"], seconds["bf16"], strict=True))
+    return ("bf16" if ratio < 1 - BF16_MARGIN else "fp32"), medians
 
 
 def time_steps(step: Callable[[str], None], steps: int = PROBE_STEPS, timer: Callable[[], float] = time.perf_counter,
-               prepare: Callable[[int], None] | None = None) -> dict[str, list[float]]:
-    """Seconds of ``step(precision)``: round 0 runs it once each way as warm-up, then ``steps`` rounds time it
-    each way, fp32 and bf16 interleaved (a change in the machine's load hits both); ``prepare(round)`` readies a
-    round's input first, untimed."""
+               prepare: Callable[[int], None] | None = None, min_seconds: float | None = None,
+               max_steps: int | None = None) -> dict[str, list[float]]:
+    """Seconds of ``step(precision)``, paired by round: round 0 runs it once each way as warm-up, then rounds
+    time it each way, fp32 and bf16 interleaved, until ``steps`` rounds and ``min_seconds`` of timed steps (at
+    most ``max_steps`` rounds); ``prepare(round)`` readies a round's input first, untimed."""
+    min_seconds = PROBE_MIN_SECONDS if min_seconds is None else min_seconds
+    max_steps = max(steps, PROBE_MAX_STEPS if max_steps is None else max_steps)
     seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for round_ in range(steps + 1):
+    round_, spent = 0, 0.0
+    while round_ <= steps or (spent < min_seconds and round_ <= max_steps):
         if prepare is not None:
             prepare(round_)
         for precision in ("fp32", "bf16"):
@@ -106,6 +115,8 @@ def time_steps(step: Callable[[str], None], steps: int = PROBE_STEPS, timer: Cal
             step(precision)
             if round_:
                 seconds[precision].append(timer() - start)
+                spent += seconds[precision][-1]
+        round_ += 1
     return seconds
 
 

@@ -91,6 +91,31 @@ def test_time_steps_interleaves_warms_up_and_prepares_each_round_untimed():
     assert events == [x for r in range(4) for x in (f"prepare{r}", "fp32", "bf16")]
 
 
+def test_time_steps_runs_more_rounds_while_the_steps_are_short():
+    clock = [0.0]
+
+    def step(p):
+        clock[0] += 0.01
+
+    seconds = precision.time_steps(step, 3, timer=lambda: clock[0], min_seconds=1.0, max_steps=15)
+    assert len(seconds["fp32"]) == len(seconds["bf16"]) == 15  # 10 ms steps: up to the cap, not 3 noisy rounds
+    seconds = precision.time_steps(step, 3, timer=lambda: clock[0], min_seconds=0.05, max_steps=15)
+    assert len(seconds["fp32"]) == 3
+
+
+def test_probe_compares_rounds_pairwise():
+    # each round is a new batch of another size: the medians of each precision (1.2 s vs 1.3 s) compare different
+    # batches; paired, bf16 took 0.8x fp32's time on two batches of three
+    fp32, bf16 = [1.0, 4.0, 1.2], [0.8, 3.2, 1.3]
+    assert precision.pick_from_probe({"fp32": fp32, "bf16": bf16})[0] == "bf16"
+    assert precision.pick_from_probe({"fp32": [1.0, 3.0, 3.0], "bf16": [3.0, 3.0, 3.0]})[0] == "fp32"
+
+
+def test_a_bf16_pass_holds_twice_the_float32_budget():
+    assert train_step.pass_budget(2048, "fp32") == 2048 and train_step.pass_budget(2048, "bf16") == 4096
+    assert train_step.pass_budget(None, "bf16") is None
+
+
 def _fake_probe_timings(monkeypatch, costs: dict[str, float]) -> list[dict]:
     """The fit's real probe runs its real steps; the clock it reads advances by ``costs`` per step."""
     seen = []

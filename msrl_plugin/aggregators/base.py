@@ -30,7 +30,7 @@ from ..nn.optim import make_adam
 from ..precision import PRECISIONS, choose_precision
 from ..tasks import make_task, task_from_state
 from .params import _DAMAGED_FIX, PARAMETER_CONSTRAINTS, check_params
-from .train_step import backward_step, collate_step, fit_precision, precision_autocast
+from .train_step import backward_step, collate_step, fit_precision, pass_budget, precision_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Aggregator(BaseEstimator):
         """
         device = self._device()
         autocast = self._autocast(device, model, data, loss_fn)
-        budget = self._patch_budget()
+        budget = pass_budget(self._patch_budget(), self.precision_)
         sizes = bag_sizes(data) if budget else None
         optimiser = make_adam(params if params is not None else list(model.parameters()), self.lr, self.reg)
         extra_modules = extra_modules or {}
