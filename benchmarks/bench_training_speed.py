@@ -7,7 +7,7 @@ Regimes (synthetic cohorts in TRIDENT layout from ``msrl_plugin.synth``):
 - ``bench``: 128-512 x 384-d (the benchmark tier);
 - ``realistic``: 2,000-8,000 x 1024-d (UNI-sized features), our shipped ``max_patches=4096`` cap.
 
-Ours: ``ABMILAggregator`` with its shipped defaults (batch 8, ``max_patches`` 4096, ``batch_patches`` 4096,
+Ours: ``ABMILAggregator`` with its shipped defaults (batch 8, ``max_patches`` 4096, ``batch_patches`` 2048,
 ``precision="auto"``), fitted in each precision in one run: ``auto`` (the shipped default; it prints what it
 picked and why), ``fp32`` and ``bf16``, round robin with CLAM's loop, ``--repeats`` times, medians; bags from the
 packed feature cache (its one-off load printed apart, as is a precision probe's one-off time). CLAM: CLAM's own
