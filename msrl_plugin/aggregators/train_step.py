@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..batching import BagBatch, CaseData, bag_sizes, batches, collate, patch_chunks
 from ..precision import PROBE_STEPS, PrecisionChoice, choose_precision, probe_key, time_steps
 
@@ -102,5 +103,7 @@ def fit_precision(agg: Any, precision: str, model: nn.Module, data: CaseData, lo
             model.zero_grad(set_to_none=True)
             model.train(was_training)
 
+    # ranks of a distributed fit must agree without talking: they follow the rule, which they all compute alike
     return choose_precision("auto", device, fit_steps=fit_steps, patches_per_step=per_pass,
-                            feature_dim=agg.feature_dim_, key=key, probe=probe)
+                            feature_dim=agg.feature_dim_, key=key,
+                            probe=None if distributed.is_distributed() else probe)
