@@ -60,7 +60,8 @@ class PrecisionChoice:
 
     def describe(self) -> str:
         timed = ", ".join(f"{p} {s * 1e3:.1f} ms" for p, s in self.step_seconds.items())
-        return f"precision {self.precision} ({self.reason}{': ' + timed if timed else ''})"
+        took = f"; the probe took {self.probe_seconds:.1f} s" if self.probe_seconds else ""
+        return f"precision {self.precision} ({self.reason}{': ' + timed if timed else ''}{took})"
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
