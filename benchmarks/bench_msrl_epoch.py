@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                    "msrl_cpu": m["epoch_cpu"], "pretrain": m["pretrain"],
                    "abmil_c": abmil.evaluate(test)["c_index"], "msrl_c": msrl.evaluate(test)["c_index"]}
             rows.append(row)
+            print(f"seed {seed}: ABMIL {abmil.precision_reason_}; MSRL {msrl.precision_reason_}", flush=True)
             print(f"seed {seed}: epoch ABMIL {row['abmil']:.2f} s, MSRL fine-tuning {row['msrl']:.2f} s "
                   f"(ratio {row['msrl'] / row['abmil']:.2f}); MSRL pre-training {row['pretrain']:.1f} s; "
                   f"test c-index ABMIL {row['abmil_c']:.3f}, MSRL {row['msrl_c']:.3f}", flush=True)
