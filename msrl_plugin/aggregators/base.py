@@ -7,7 +7,6 @@ only and are read with ``torch.load(weights_only=True)``: no pickle payload is e
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 from collections.abc import Callable
@@ -27,12 +26,9 @@ from ..batching import BagBatch, CaseData, GenomicsScaler, bag_sizes, batches, c
 from ..cohort import Cohort
 from ..errors import BadInputError, CheckpointError
 from ..nn.optim import make_adam
-from ..precision import PRECISIONS, choose_precision
 from ..tasks import make_task, task_from_state
 from .params import _DAMAGED_FIX, PARAMETER_CONSTRAINTS, check_params
-from .train_step import backward_step, collate_step, fit_precision, pass_budget, precision_autocast
-
-logger = logging.getLogger(__name__)
+from .train_step import backward_step, collate_step, fit_autocast, pass_budget
 
 CHECKPOINT_FORMAT = "msrl-plugin-model"
 CHECKPOINT_VERSION = 1
@@ -156,23 +152,9 @@ class Aggregator(BaseEstimator):
 
     def _autocast(self, device: torch.device, model: nn.Module | None = None, data: CaseData | None = None,
                   loss_fn: Callable[[nn.Module, BagBatch], torch.Tensor] | None = None):
-        """Training forward passes in bfloat16 autocast when ``precision`` is (or ``auto`` resolves to) bf16.
-
-        Matrix products run in bfloat16 (weights, optimiser and loss stay float32). ``auto`` times the real step
-        where bf16 is native (:mod:`msrl_plugin.precision`); the choice is kept in ``precision_`` and its reason
-        in ``precision_reason_``. Prediction always runs in float32."""
-        precision = getattr(self, "precision", "fp32")
-        if precision not in PRECISIONS:
-            raise BadInputError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}",
-                                fix="use --precision auto (default), fp32 or bf16")
-        if model is None or data is None or loss_fn is None:
-            choice = choose_precision(precision, device)
-        else:
-            choice = fit_precision(self, precision, model, data, loss_fn, device, self._patch_budget())
-        self.precision_, self.precision_reason_ = choice.precision, choice.describe()
-        self.precision_probe_seconds_ = choice.probe_seconds
-        logger.info("%s: %s", self.name, self.precision_reason_)
-        return precision_autocast(device, self.precision_)
+        """bf16 autocast for training where ``precision`` is (or ``auto`` resolves to) bf16, else a no-op; the
+        choice is kept in ``precision_``, its reason in ``precision_reason_`` (:func:`.train_step.fit_autocast`)."""
+        return fit_autocast(self, device, model, data, loss_fn)
 
     def _patch_budget(self) -> int | None:
         """``batch_patches`` where this model has it (a loss that is a mean over bags) and not distributed."""

@@ -13,6 +13,7 @@ batch.
 """
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections.abc import Callable
@@ -23,9 +24,11 @@ from torch import nn
 
 from .. import distributed
 from ..batching import BagBatch, CaseData, bag_sizes, batches, collate, patch_chunks
-from ..precision import PROBE_STEPS, PrecisionChoice, choose_precision, probe_key, time_steps
+from ..errors import BadInputError
+from ..precision import PRECISIONS, PROBE_STEPS, PrecisionChoice, choose_precision, probe_key, time_steps
 
 LossFn = Callable[[nn.Module, BagBatch], torch.Tensor]
+logger = logging.getLogger("msrl_plugin.aggregators")
 
 
 def collate_step(data: CaseData, index: torch.Tensor, max_patches: int | None, generator: torch.Generator | None,
@@ -57,6 +60,25 @@ def backward_step(model: nn.Module, chunks: list[BagBatch], loss_fn: LossFn, aut
 
 def precision_autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def fit_autocast(agg: Any, device: torch.device, model: nn.Module | None, data: CaseData | None,
+                 loss_fn: LossFn | None):
+    """The autocast of ``agg``'s training: ``agg.precision`` resolved (with the real step where ``model``,
+    ``data`` and ``loss_fn`` are given), kept in ``precision_``, ``precision_reason_``, ``precision_probe_seconds_``
+    and logged. Matrix products run in bfloat16 under it; weights, optimiser state and losses stay float32."""
+    precision = getattr(agg, "precision", "fp32")
+    if precision not in PRECISIONS:
+        raise BadInputError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}",
+                            fix="use --precision auto (default), fp32 or bf16")
+    if model is None or data is None or loss_fn is None:
+        choice = choose_precision(precision, device)
+    else:
+        choice = fit_precision(agg, precision, model, data, loss_fn, device, agg._patch_budget())
+    agg.precision_, agg.precision_reason_ = choice.precision, choice.describe()
+    agg.precision_probe_seconds_ = choice.probe_seconds
+    logger.info("%s: %s", agg.name, agg.precision_reason_)
+    return precision_autocast(device, choice.precision)
 
 
 def fit_precision(agg: Any, precision: str, model: nn.Module, data: CaseData, loss_fn: LossFn,
