@@ -58,13 +58,37 @@ class LazyBags(Sequence):
     def __init__(self, cohort: Cohort):
         self.cohort = cohort
         self.case_ids = cohort.case_ids
+        self.sizes: dict[int, int] = {}  # patches per bag, noted at each read (a fit reads every bag up front)
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         features = self.cohort.load_bag(self.case_ids[i]).features
+        self.sizes[i] = int(features.shape[0])
         return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+
+
+def bag_sizes(data: CaseData) -> list[int]:
+    """Patches per bag of ``data`` (from the sizes a :class:`LazyBags` noted; a bag not read yet is read)."""
+    noted = getattr(data.bags, "sizes", {})
+    return [noted[i] if i in noted else int(data.bags[i].shape[0]) for i in range(len(data))]
+
+
+def patch_chunks(index: torch.Tensor, sizes: Sequence[int], max_patches: int | None,
+                 budget: int) -> list[torch.Tensor]:
+    """Split a batch ``index`` into consecutive runs of bags holding at most ``budget`` patches in all (each bag
+    counted after the ``max_patches`` cap); a bag over the budget alone is a run of its own."""
+    chunks, start, held = [], 0, 0
+    rows = index.tolist()
+    for j, i in enumerate(rows):
+        n = min(sizes[i], max_patches or sizes[i])
+        if j > start and held + n > budget:
+            chunks.append(index[start:j])
+            start, held = j, 0
+        held += n
+    chunks.append(index[start:])
+    return chunks
 
 
 def load_case_data(cohort: Cohort, scaler: GenomicsScaler | None, targets: dict[str, torch.Tensor] | None,

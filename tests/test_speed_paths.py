@@ -38,7 +38,14 @@ def test_auto_precision_trains_and_records_what_it_chose(monkeypatch):
     model = create_aggregator("abmil", max_epochs=1, seed=0, device="cpu").fit(easy_survival_cohort(n=20))
     assert model.precision == "auto" and model.precision_ == "fp32"
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    precision.forget_decisions()
     model = create_aggregator("abmil", max_epochs=1, seed=0, device="cpu").fit(easy_survival_cohort(n=20))
+    # 3 steps: too short to probe; the rule takes bf16 for a ~320-patch step (issue 23)
+    assert model.precision_ == "bf16" and "rule" in model.precision_reason_
+    model = create_aggregator("abmil", max_epochs=1, seed=0, device="cpu", batch_size=1)
+    assert model.fit(easy_survival_cohort(n=20)).precision_ == "fp32"  # ~40 patches a step: fp32
+    model = create_aggregator("abmil", max_epochs=1, seed=0, device="cpu", precision="bf16")
+    model.fit(easy_survival_cohort(n=20))
     assert model.precision_ == "bf16"
     assert model.predict_logits(model._case_data(easy_survival_cohort(n=5))).dtype == torch.float32
 

@@ -54,13 +54,18 @@ class ABMILAggregator(AttentionMixin, Aggregator):
         Width of the gated-attention branches (CLAM small: 256).
     dropout : float
         Dropout rate after the first layer and in the attention.
+    batch_patches : int or None
+        At most this many patches (after the ``max_patches`` cap) in one float32 forward/backward pass, twice as
+        many under bf16: a larger batch runs in chunks whose gradients add up to the batch's (the same loss, one
+        optimiser step per batch), so realistic bags (thousands of 1024-d patches) never build a step far past
+        the CPU caches while small bags still batch whole; None = the whole batch at once.
     """
 
     def __init__(self, hidden_dim: int = 512, attn_dim: int = 256, dropout: float = 0.25,
                  max_epochs: int = 20, lr: float = 2e-4, reg: float = 1e-5, batch_size: int = 8,
                  max_patches: int | None = 4096, n_bins: int = 4, alpha_surv: float = 0.0,
                  weighted_sample: bool = False, seed: int = 1, device: str = "auto", verbose: bool = False,
-                 precision: str = "auto"):
+                 precision: str = "auto", batch_patches: int | None = 2048):
         store_init_args(self, locals())
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:

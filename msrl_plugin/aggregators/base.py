@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..atomic import write_torch
-from ..batching import BagBatch, CaseData, GenomicsScaler, batches, collate, epoch_order, load_case_data
+from ..batching import BagBatch, CaseData, GenomicsScaler, bag_sizes, batches, collate, epoch_order, load_case_data
 from ..checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -35,9 +35,9 @@ from ..cohort import Cohort
 from ..divergence import TrainingDivergedError, all_finite, likely_cause
 from ..errors import BadInputError, CheckpointError
 from ..nn.optim import make_adam
-from ..precision import PRECISIONS, resolve_precision
 from ..tasks import make_task, task_from_state
 from .params import _DAMAGED_FIX, PARAMETER_CONSTRAINTS, check_params
+from .train_step import backward_step, collate_step, fit_autocast, pass_budget
 from .training_state import TrainingStateMixin
 
 
@@ -156,17 +156,15 @@ class Aggregator(TrainingStateMixin, BaseEstimator):
     def _device(self) -> torch.device:
         return resolve_device(getattr(self, "device", "auto"))
 
-    def _autocast(self, device: torch.device):
-        """Training forward passes in bfloat16 autocast when ``precision`` is (or ``auto`` resolves to) bf16.
+    def _autocast(self, device: torch.device, model: nn.Module | None = None, data: CaseData | None = None,
+                  loss_fn: Callable[[nn.Module, BagBatch], torch.Tensor] | None = None):
+        """bf16 autocast for training where ``precision`` is (or ``auto`` resolves to) bf16, else a no-op; the
+        choice is kept in ``precision_``, its reason in ``precision_reason_`` (:func:`.train_step.fit_autocast`)."""
+        return fit_autocast(self, device, model, data, loss_fn)
 
-        Matrix products run in bfloat16 (weights, optimiser and loss stay float32); ~2.5x faster per step on
-        CPUs with AVX512-BF16/AMX and on recent GPUs. Prediction always runs in float32."""
-        precision = getattr(self, "precision", "fp32")
-        if precision not in PRECISIONS:
-            raise BadInputError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}",
-                                fix="use --precision auto (default), fp32 or bf16")
-        self.precision_ = resolve_precision(precision, device)
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision_ == "bf16")
+    def _patch_budget(self) -> int | None:
+        """``batch_patches`` where this model has it (a loss that is a mean over bags) and not distributed."""
+        return None if distributed.is_distributed() else getattr(self, "batch_patches", None)
 
     def _train(self, model: nn.Module, data: CaseData, loss_fn: Callable[[nn.Module, BagBatch], torch.Tensor],
                progress: bool | None = None, after_step: Callable[[BagBatch], None] | None = None,
@@ -177,7 +175,9 @@ class Aggregator(TrainingStateMixin, BaseEstimator):
         target, RNG states, epoch) is written atomically after every epoch and picked up again after a crash.
         """
         device = self._device()
-        autocast = self._autocast(device)
+        autocast = self._autocast(device, model, data, loss_fn)
+        budget = pass_budget(self._patch_budget(), self.precision_)
+        sizes = bag_sizes(data) if budget else None
         optimiser = make_adam(params if params is not None else list(model.parameters()), self.lr, self.reg)
         extra_modules = extra_modules or {}
         self.history_ = []
@@ -191,7 +191,8 @@ class Aggregator(TrainingStateMixin, BaseEstimator):
             trainable = [p for group in optimiser.param_groups for p in group["params"]]
             for index in batches(order, self.batch_size):
                 # every rank collates the whole batch (keeps the sampling RNG in step), computes its share
-                batch = collate(data, index, self.max_patches, self._generator).to(device)
+                chunks = collate_step(data, index, self.max_patches, self._generator, budget, sizes, device)
+                batch = chunks[0]  # the whole batch unless a patch budget split it (no after_step then)
                 optimiser.zero_grad()
                 if distributed.is_distributed():
                     share = distributed.my_share(len(index))
@@ -202,9 +203,7 @@ class Aggregator(TrainingStateMixin, BaseEstimator):
                         loss.backward()
                     distributed.all_reduce_gradients(trainable)
                 else:
-                    with autocast:
-                        loss = loss_fn(model, batch)
-                    loss.backward()
+                    loss = backward_step(model, chunks, loss_fn, autocast)
                 optimiser.step()
                 if after_step is not None:
                     after_step(batch)

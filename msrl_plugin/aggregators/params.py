@@ -32,7 +32,7 @@ PARAMETER_CONSTRAINTS: dict[str, list] = {
     **{name: _ints(1) for name in ("batch_size", "hidden_dim", "embed_dim", "decoder_dim",
                                    "latent_dim", "omic_dim", "k", "learner_layers", "buffer_size",
                                    "pretrain_batch_size", "n_blocks", "n_omic_blocks", "n_bins")},
-    **{name: [*_ints(1), None] for name in ("attn_dim", "max_patches", "buffer_candidates")},
+    **{name: [*_ints(1), None] for name in ("attn_dim", "max_patches", "buffer_candidates", "batch_patches")},
     # max_epochs=0 is an untrained model (a control); a negative budget is a typo
     **{name: _ints(0) for name in ("max_epochs", "pretrain_epochs", "kl_warmup", "seed")},
     **{name: _reals(0, closed="neither") for name in ("lr", "pretrain_lr", "temperature")},

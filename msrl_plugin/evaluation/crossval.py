@@ -72,6 +72,8 @@ def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any]
     extra = {"fit_seconds": fit_seconds, "pretrain_seconds": pretrain_seconds,
              "epoch_seconds": (fit_seconds - pretrain_seconds) / max(1, len(model.history_)),
              "n_train": len(fold.train), "n_test": len(fold.test)}
+    if hasattr(model, "precision_"):  # what precision="auto" chose for this fold, and why
+        extra.update(precision=model.precision_, precision_reason=getattr(model, "precision_reason_", ""))
     return model, predictions, metrics, extra
 
 
