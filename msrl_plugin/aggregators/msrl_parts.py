@@ -43,22 +43,22 @@ BUFFER_UPDATE_NAMES: set[str] = set()
 TARGET_UPDATE_NAMES: set[str] = set()
 
 
-def register_buffer_update(name: str) -> Callable[[BufferUpdate], BufferUpdate]:
-    """Decorator: ``update(buffer, features (B, F), case_ids)`` becomes ``buffer_update=name``."""
-    def wrap(fn: BufferUpdate) -> BufferUpdate:
-        BUFFER_UPDATES[name] = fn
-        BUFFER_UPDATE_NAMES.add(name)
+def _registrar(table: dict, names: set[str], name: str) -> Callable:
+    def wrap(fn):
+        table[name] = fn
+        names.add(name)
         return fn
     return wrap
+
+
+def register_buffer_update(name: str) -> Callable[[BufferUpdate], BufferUpdate]:
+    """Decorator: ``update(buffer, features (B, F), case_ids)`` becomes ``buffer_update=name``."""
+    return _registrar(BUFFER_UPDATES, BUFFER_UPDATE_NAMES, name)
 
 
 def register_target_update(name: str) -> Callable[[TargetUpdate], TargetUpdate]:
     """Decorator: ``update(target_module, online_module, momentum)`` becomes ``target_update=name``."""
-    def wrap(fn: TargetUpdate) -> TargetUpdate:
-        TARGET_UPDATES[name] = fn
-        TARGET_UPDATE_NAMES.add(name)
-        return fn
-    return wrap
+    return _registrar(TARGET_UPDATES, TARGET_UPDATE_NAMES, name)
 
 
 @register_buffer_update("fifo")

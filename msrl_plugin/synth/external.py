@@ -18,18 +18,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MSRLPluginError
+from . import parts
 from .config import N_COMPONENTS, CohortConfig
 from .genomics import Projector, gaussian_rows, gaussian_surrogate, genomics_features, load_pool
-from .parts import (
-    CohortTruth,
-    SynthCohort,
-    _genomic_rows,
-    _grid_coords,
-    case_and_slide_ids,
-    make_truth,
-    survival_times,
-    training_sites,
-)
+from .parts import CohortTruth, SynthCohort
 from .signal import LATENT_DIM, Teacher, World, draw_bags
 from .signal import rng as _rng
 
@@ -58,14 +50,14 @@ def external_cohort(train: SynthCohort, raw: np.ndarray, gene_names: list[str], 
     proj = Projector.fit(raw, N_COMPONENTS)
     values = proj.standardise(_new_rows(cfg, seed, n, "genomics/external"))
     U = proj.components(values)
-    case_ids, slide_ids = case_and_slide_ids("EXT", n)
+    case_ids, slide_ids = parts.case_and_slide_ids("EXT", n)
     site = _balanced([f"external_site_{k}" for k in range(cfg.n_external_sites)], n, _rng(seed, "sites/external"))
     world.add_sites(sorted(set(site)), cfg.sigma_site, _rng(seed, "sites/external/shift"))
     cases = pd.DataFrame({"case_id": case_ids, "slide_id": slide_ids})
     if teacher is not None:
         eta = teacher.eta(U)
         if cfg.task == "survival":
-            time, event = survival_times(eta, cfg, _rng(seed, "times/external"))
+            time, event = parts.survival_times(eta, cfg, _rng(seed, "times/external"))
             cases["survival_months"], cases["censorship"] = time, 1 - event
         else:  # the training cohort's threshold: one label definition for both cohorts
             cases["label"] = (eta > np.median(train.truth.eta.to_numpy())).astype(np.int64)
@@ -73,11 +65,11 @@ def external_cohort(train: SynthCohort, raw: np.ndarray, gene_names: list[str], 
     z = np.sqrt(cfg.rho) * U[:, :cfg.k_vis] + np.sqrt(1 - cfg.rho) * _rng(seed, "latent/external").standard_normal(
         (n, cfg.k_vis))
     h, cluster = world.nonlinearity(z, cfg)
-    bags, dims = draw_bags(h, site, slide_ids, cfg, world, _rng(seed, "bags/external"), _grid_coords)
+    bags, dims = draw_bags(h, site, slide_ids, cfg, world, _rng(seed, "bags/external"), parts._grid_coords)
     genomics = genomics_features(values, gene_names, cfg.genomics_form, cfg.d_g, _rng(seed, "form"))
     genomics.index = pd.Index(case_ids, name="case_id")
     ext_cfg = dataclasses.replace(cfg, n_cases=n, n_external=0, n_sites=cfg.n_external_sites)
-    return SynthCohort(ext_cfg, seed, cases, genomics, bags, [], make_truth(cases, U, z, cluster, teacher, cfg),
+    return SynthCohort(ext_cfg, seed, cases, genomics, bags, [], parts.make_truth(cases, U, z, cluster, teacher, cfg),
                        dims)
 
 
@@ -93,18 +85,18 @@ def generate_pancancer_pool(config: CohortConfig, seed: int = 0, n_types: int = 
     if n_types < 2 or n_cases < 2 * N_COMPONENTS * (n_types - 1):
         raise MSRLPluginError(f"a pool of {n_cases} cases over {n_types - 1} other type(s) is too small",
                               None, f"use n_types >= 2 and n_cases >= {2 * N_COMPONENTS} per type")
-    raw_train, gene_names, study, _ = _genomic_rows(cfg, seed)
+    raw_train, gene_names, study, _ = parts._genomic_rows(cfg, seed)
     if study is not None:
         raise MSRLPluginError("a pan-cancer pool needs a source that can draw new rows", None,
                               "use genomics_source='gaussian' or genomics_distribution='gaussian_surrogate'")
     proj = Projector.fit(raw_train, N_COMPONENTS)
     gene_names = [g for g, k in zip(gene_names, proj.keep) if k]
-    world = World.draw(cfg, seed, sorted(set(training_sites(cfg, seed, None))))
+    world = World.draw(cfg, seed, sorted(set(parts.training_sites(cfg, seed, None))))
 
     values = proj.standardise(_new_rows(cfg, seed, n_cases, "genomics/pool"))
     U = proj.components(values)
     ctype = 1 + _rng(seed, "pool/types").permutation(np.arange(n_cases) % (n_types - 1))
-    case_ids, slide_ids = case_and_slide_ids("PAN", n_cases)
+    case_ids, slide_ids = parts.case_and_slide_ids("PAN", n_cases)
     site_draw = _rng(seed, "pool/sites").integers(0, cfg.n_sites, n_cases)
     site = np.array([f"type{t}_site_{k}" for t, k in zip(ctype, site_draw)], dtype=object)
     world.add_sites(sorted(set(site)), cfg.sigma_site, _rng(seed, "sites/pool"))
@@ -123,7 +115,7 @@ def generate_pancancer_pool(config: CohortConfig, seed: int = 0, n_types: int = 
         eta[rows], eta_wsi[rows] = teacher.eta(U[rows]), teacher.eta_wsi(z[rows], cfg.rho)
         lo, hi = np.log(BASELINE_MEDIAN_RANGE)
         median = float(np.exp(_rng(seed, f"baseline/type{t}").uniform(lo, hi)))
-        time[rows], event[rows] = survival_times(eta[rows], cfg, _rng(seed, f"times/type{t}"), median)
+        time[rows], event[rows] = parts.survival_times(eta[rows], cfg, _rng(seed, f"times/type{t}"), median)
         label[rows] = eta[rows] > np.median(eta[rows])
     if cfg.task == "survival":
         cases["survival_months"], cases["censorship"] = time, 1 - event
@@ -131,7 +123,7 @@ def generate_pancancer_pool(config: CohortConfig, seed: int = 0, n_types: int = 
         cases["label"] = label
     cases["site"] = site
     cases["cancer_type"] = [f"type{t}" for t in ctype]
-    bags, dims = draw_bags(h, site, slide_ids, cfg, world, _rng(seed, "bags/pool"), _grid_coords,
+    bags, dims = draw_bags(h, site, slide_ids, cfg, world, _rng(seed, "bags/pool"), parts._grid_coords,
                            offset=tissue[ctype])
     genomics = genomics_features(values, gene_names, cfg.genomics_form, cfg.d_g, _rng(seed, "form"))
     genomics.index = pd.Index(case_ids, name="case_id")

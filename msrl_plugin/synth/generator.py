@@ -24,9 +24,7 @@ from .genomics import (
     principal_components,
     standardise,
 )
-from .parts import (  # noqa: F401 (re-exported: the cohort records are part of this module's API)
-    PATCH_LEVEL0,
-    CohortTruth,
+from .parts import (
     SynthCohort,
     _genomic_rows,
     _grid_coords,
