@@ -88,10 +88,10 @@ def pool_checkpoint(tier: dict[str, Any], signal: str, seed: int, folder: Path, 
     start = time.perf_counter()
     pool = generate_pancancer_pool(config, seed, **tier["pool"])
     model = create_aggregator("msrl", **{**tier["budget"], **tier["msrl"], "seed": seed})
-    data = model._prepare_fit(pool.to_cohort())
-    pre = model.pretrain(data)
+    # as `msrl-plugin pretrain` does: every pool case, no labels, the pool's scaler kept for fine-tuning
+    pre = model.pretrain_pool(pool.to_cohort(), score_holdout=0.0)
     save_pretrained(path, pre, model.feature_dim_, model.genomics_columns_, pool.case_ids, model.get_params(),
-                    model.pretrain_history_)
+                    model.pretrain_history_, scaler=model.scaler_, score=model.pretrain_score_)
     log(f"  pan-cancer pool ({len(pool.cases)} cases, {tier['pool']['n_types'] - 1} other types): stage 1 in "
         f"{time.perf_counter() - start:.0f}s -> {path.name}")
     return path

@@ -13,24 +13,45 @@ PRETRAIN_FORMAT = "msrl-plugin-pretrained-gsl"
 
 
 def save_pretrained(path: str | Path, model: torch.nn.Module, feature_dim: int, genomics_columns: list[str],
-                    case_ids: list[str], params: dict[str, Any], history: list[dict[str, float]]) -> Path:
-    payload = {"format": PRETRAIN_FORMAT, "version": 1, "feature_dim": int(feature_dim),
+                    case_ids: list[str], params: dict[str, Any], history: list[dict[str, float]], *,
+                    scaler=None, pool: list[dict[str, Any]] | None = None,
+                    score: dict[str, Any] | None = None) -> Path:
+    """A stage-1 checkpoint: the weights, the case ids it saw (``train``/``compare`` refuse a fold whose test
+    cases are among them), the genomic columns and, from ``msrl-plugin pretrain``, the genomics ``scaler`` it
+    was trained with, the ``pool``'s cohorts and the retrieval ``score`` of its scoring run."""
+    payload = {"format": PRETRAIN_FORMAT, "version": 1,  # new keys are optional: older files still read
+               "feature_dim": int(feature_dim),
                "genomics_columns": list(genomics_columns), "case_ids": list(case_ids),
                "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))},
                "history": [{k: float(v) for k, v in h.items()} for h in history],
-               "state_dict": cpu_state(model)}
+               "pool": list(pool or []), "score": dict(score or {}), "state_dict": cpu_state(model)}
+    if scaler is not None:
+        payload["genomics_mean"] = torch.from_numpy(scaler.mean)
+        payload["genomics_std"] = torch.from_numpy(scaler.std)
     write_torch(path, payload)
     return Path(path)
 
 
 def read_pretrained(path: str | Path) -> dict[str, Any]:
-    """A stage-1 checkpoint, read as safely as a model checkpoint (plain tensors and values only)."""
-    return read_checkpoint(path, PRETRAIN_FORMAT)
+    """A stage-1 checkpoint, read as safely as a model checkpoint (plain tensors and values only); its
+    ``scaler`` is a :class:`~msrl_plugin.batching.GenomicsScaler`, or None in files written without one."""
+    from .batching import GenomicsScaler
+    from .checkpoint import check_scaler
+
+    ckpt = read_checkpoint(path, PRETRAIN_FORMAT)
+    ckpt["scaler"] = None
+    if "genomics_mean" in ckpt:
+        mean, std = ckpt["genomics_mean"].numpy(), ckpt["genomics_std"].numpy()
+        check_scaler(mean, std, len(ckpt["genomics_columns"]), path)
+        ckpt["scaler"] = GenomicsScaler(mean, std)
+    return ckpt
 
 
-def write_pretrain_report(checkpoint: str | Path, history: list[dict[str, float]]) -> list[str]:
+def write_pretrain_report(checkpoint: str | Path, history: list[dict[str, float]],
+                          score: dict[str, Any] | None = None) -> list[str]:
     """``<checkpoint>.history.csv`` (one row per epoch: loss terms, held-out retrieval) and
-    ``<checkpoint>.history.png`` (their curves) beside a stage-1 checkpoint; returns a short text summary."""
+    ``<checkpoint>.history.png`` (their curves) beside a stage-1 checkpoint; returns a short text summary
+    (``score``: :meth:`~msrl_plugin.aggregators.msrl_stage1.Stage1Mixin.pretrain_pool`'s)."""
     import pandas as pd
 
     from .atomic import write_csv
@@ -48,6 +69,10 @@ def write_pretrain_report(checkpoint: str | Path, history: list[dict[str, float]
         verdict = "above" if last["recall_at_k"] > 2 * last["chance"] else "NOT clearly above"
         lines.append(f"WSI -> genomics recall {last['recall_at_k']:.2f} vs chance {last['chance']:.2f}: "
                      f"{verdict} chance")
+    if score:
+        scored = (f"retrieval from a scoring run holding out {score['held_out_cases']} cases with genomics"
+                  if score.get("held_out_cases") else "no retrieval score (no scoring run)")
+        lines.append(f"the checkpoint is trained on all {score['trained_on_cases']} pool cases; {scored}")
     return lines
 
 

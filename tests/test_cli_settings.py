@@ -74,7 +74,8 @@ def test_predict_takes_required_flags_from_config(trained, cohort, tmp_path, cap
 @pytest.mark.parametrize("text, words", [
     ("device: gpu\n", ["'device'", "'gpu' is not one of"]),
     ("k: five\n", ["'k'", "not a valid integer"]),
-    ("not_a_flag: 1\n", ["unknown config key 'not_a_flag'", "Valid keys: allow_changed_inputs, alpha_surv"]),
+    ("not_a_flag: 1\n", ["unknown config key 'not_a_flag'",
+                         "Valid keys: allow_changed_inputs, allow_pool_overlap, alpha_surv"]),
     ("task: [1\n", ["cannot read the config file"]),
     ("- a list\n", ["must be a mapping"]),
     ("clinical: {a: 1}\n", ["'clinical' holds a mapping"]),

@@ -132,26 +132,32 @@ class Aggregator(TrainingStateMixin, BaseEstimator):
         self._train(self.model_, data, self._training_loss, progress=progress)
         return self
 
-    def _prepare_fit(self, cohort: Cohort) -> CaseData:
-        """Seed, fit the task (bins/classes) and genomics scaler on these training cases, load their data."""
+    def _prepare_fit(self, cohort: Cohort, scaler: GenomicsScaler | None = None) -> CaseData:
+        """Seed, fit the task (bins/classes) and genomics scaler on these training cases (or use ``scaler``,
+        e.g. a pre-training pool's), load their data."""
         check_params(self)
         self._warn_ignored()
         self._generator = seed_everything(self.seed)
         self.task_ = make_task(cohort.task, getattr(self, "n_bins", 4), getattr(self, "alpha_surv", 0.0))
         self.task_.fit(cohort)
+        self._fit_inputs(cohort, scaler)
+        data = load_case_data(cohort, self.scaler_, self.task_.targets(cohort))
+        for i in range(len(data)):  # one read of every bag: a bad file stops the run before training starts
+            data.bags[i]
+        return data
+
+    def _fit_inputs(self, cohort: Cohort, scaler: GenomicsScaler | None = None) -> None:
+        """The feature dim, genomic columns and scaler of the cases a model is fitted on."""
         self.feature_dim_ = cohort.feature_dim
         values, available = cohort.genomics_matrix()
         if self.uses_genomics and not available.any():
             raise BadInputError(f"model {self.name!r} needs genomics but no training case has a genomics row",
                                 fix="pass --genomics with rows keyed by case_id, or use --model abmil")
         self.genomics_columns_ = [] if cohort.genomics is None else [str(c) for c in cohort.genomics.columns]
-        self.scaler_ = GenomicsScaler.fit(values, available)
+        self.scaler_ = GenomicsScaler.fit(values, available) if scaler is None else scaler
         self.training_case_ids_ = list(cohort.case_ids)
-        self._sampling = self.task_.sampling_classes(cohort) if getattr(self, "weighted_sample", False) else None
-        data = load_case_data(cohort, self.scaler_, self.task_.targets(cohort))
-        for i in range(len(data)):  # one read of every bag: a bad file stops the run before training starts
-            data.bags[i]
-        return data
+        self._sampling = (self.task_.sampling_classes(cohort) if getattr(self, "weighted_sample", False)
+                          and cohort.labelled else None)
 
     def _device(self) -> torch.device:
         return resolve_device(getattr(self, "device", "auto"))

@@ -165,7 +165,8 @@ class MSRLAggregator(PartsMixin, Stage1Mixin, BufferCoverageMixin, AttentionMixi
         What fine-tuning inherits from stage 1: the encoders, the graph learner and the GCN (the paper), only
         the graph learner and the GCN, or those and the WSI encoder (phi_G starts at random).
     pretrained : str or None
-        A stage-1 checkpoint from ``msrl-plugin pretrain`` to start from instead of pre-training.
+        A stage-1 checkpoint from ``msrl-plugin pretrain`` to start from instead of pre-training (genes
+        matched by name, read with the pool's genomics scaler [D]).
 
     Scaling parameters
     ------------------
@@ -232,7 +233,7 @@ class MSRLAggregator(PartsMixin, Stage1Mixin, BufferCoverageMixin, AttentionMixi
         return has_genomics if self.modality == "fused" else torch.ones_like(has_genomics)
 
     def fit(self, cohort: Cohort, progress: bool | None = None) -> MSRLAggregator:
-        data = self._prepare_fit(cohort)
+        data = self._prepare_fit(*self._pretrained_inputs(cohort))  # genes aligned to a pre-trained file's
         if not self._borrows():
             return self._fit_without_graph(data, progress)
         device = self._device()

@@ -135,3 +135,36 @@ def require(kw: dict[str, Any], *names: str) -> None:
 def echo(msg: str = "") -> None:
     if not click.get_current_context().find_root().obj.get("quiet"):
         click.echo(msg)
+
+
+def pretrained_options(fn):
+    opts = [
+        click.option("--pretrained", type=click.Path(path_type=Path), default=None,
+                     help="A stage-1 checkpoint from `msrl-plugin pretrain` for every MSRL model of the run "
+                          "(instead of pre-training inside each fold); genes are matched by name."),
+        click.option("--allow-pool-overlap", is_flag=True,
+                     help="Keep folds whose test cases are in the --pretrained pool (refused without it: stage 1 "
+                          "saw them); the run's config records it."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def with_pretrained(params: dict[str, dict[str, Any]], path: Path | None) -> dict[str, dict[str, Any]]:
+    """``params`` (model -> its parameters) with ``pretrained=path`` for every model that has a stage 1."""
+    if path is None:
+        return params
+    from ..registry import get_aggregator_class
+
+    takers = [m for m in params if getattr(get_aggregator_class(m), "use_pretraining", False)]  # not random_gsl
+    if not takers:
+        raise MSRLPluginError(f"--pretrained is for the MSRL models; {', '.join(params)} has no stage 1",
+                              fix="drop --pretrained, or add an msrl model")
+    for model in takers:
+        given = params[model].get("pretrained")
+        if given is not None and str(given) != str(path):
+            raise MSRLPluginError(f"--pretrained {path} and {model}'s pretrained={given} disagree",
+                                  fix="give the stage-1 file once")
+        params[model]["pretrained"] = str(path)
+    return params

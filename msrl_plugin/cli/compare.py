@@ -16,7 +16,7 @@ import yaml
 from ..errors import MSRLPluginError
 from ..provenance import FILE_NAME
 from ..training_log import compare_logs
-from .common import cohort_options, echo, load_cohort_from_flags, parse_value
+from .common import cohort_options, echo, load_cohort_from_flags, parse_value, pretrained_options, with_pretrained
 from .config import with_config
 from .options import DEFAULT_SEED, with_threads
 from .records import check_log_data, compare_record, log_data_option, provenance_options
@@ -65,7 +65,7 @@ def run_compare(cohort, models: list[str], folds, seeds: list[int], params: dict
                 out: Path, reference: str = "abmil", budget: dict[str, Any] | None = None,
                 n_boot: int = 10_000, example_model: str | None = None, report: bool = True,
                 progress: bool = False, log: Callable[[str], None] = print, time_unit: str | None = None,
-                epoch_log: Callable[..., Any] | None = None):
+                epoch_log: Callable[..., Any] | None = None, allow_pool_overlap: bool = False):
     """Compare, write the CSVs and (optionally) the HTML report; return ``(result, report path or None)``.
 
     ``time_unit``: the unit of the survival times, for the report's axes (e.g. ``months``); ``epoch_log``:
@@ -73,7 +73,8 @@ def run_compare(cohort, models: list[str], folds, seeds: list[int], params: dict
     from ..evaluation.compare import compare_models
 
     result = compare_models(cohort, models, folds, seeds, params, reference, budget, n_boot=n_boot,
-                            out_dir=out, progress=progress, log=log, epoch_log=epoch_log)
+                            out_dir=out, progress=progress, log=log, epoch_log=epoch_log,
+                            allow_pool_overlap=allow_pool_overlap)
     path = None
     if report:
         from ..evaluation.report import write_report
@@ -109,6 +110,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--no-report", is_flag=True, help="Only write the CSVs.")
 @click.option("--out", "--results-dir", "--results_dir", "out", required=True, type=click.Path(path_type=Path),
               help="Output folder.")
+@pretrained_options
 @provenance_options
 @log_data_option
 @with_config
@@ -118,6 +120,11 @@ def compare(**kw):
     models = [m.strip() for m in kw["models"].split(",") if m.strip()]
     seeds = _int_list(kw["seeds"], "--seeds")
     params = parse_model_params(kw["extra_params"], models)
+    if kw["pretrained"] is not None:
+        from ..evaluation.variants import variant_of
+
+        bases = {(variant_of(m) or (m,))[0]: params.get((variant_of(m) or (m,))[0], {}) for m in models}
+        params.update(with_pretrained(bases, kw["pretrained"]))
     if kw["device"] != "auto":
         from ..evaluation.variants import variant_of
 
@@ -135,7 +142,8 @@ def compare(**kw):
                                {"max_epochs": kw["max_epochs"]}, kw["n_boot"], kw["example_model"],
                                not kw["no_report"], progress=not quiet, log=echo,
                                time_unit=time_unit_from_column(kw["time_col"]),
-                               epoch_log=compare_logs(kw["out"]) if kw["log_data"] else None)
+                               epoch_log=compare_logs(kw["out"]) if kw["log_data"] else None,
+                               allow_pool_overlap=kw["allow_pool_overlap"])
     for name, example in result.examples.items():
         if name in record.precision:
             record.record_model(name, example.model)

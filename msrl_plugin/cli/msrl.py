@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import MSRLPluginError
-from .common import cohort_options, echo, load_cohort_from_flags, model_options, model_params
+from .common import cohort_options, echo, model_options, model_params, require
 from .config import with_config
 from .options import DEFAULT_SEED, with_threads
 from .records import allow_changed_option, check_log_data, log_data_option, pretrain_record, provenance_options
@@ -16,41 +16,61 @@ from .records import allow_changed_option, check_log_data, log_data_option, pret
 @click.command()
 @cohort_options
 @model_options
+@click.option("--pool", type=click.Path(path_type=Path), default=None,
+              help="Pool manifest (CSV/TSV, one cohort per row: features, genomics, clinical, name, "
+                   "patch_encoder...; paths relative to it) instead of --features/--clinical/--genomics.")
+@click.option("--score-holdout", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
+              help="Share of the cases with genomics a first, scoring run holds out to measure WSI -> genomics "
+                   "retrieval; the checkpoint is then trained on every case (0: no scoring run).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gsl_pretrained.pt"), show_default=True)
 @provenance_options
 @log_data_option
 @with_config
 @with_threads
 def pretrain(**kw):
-    """Stage 1 of MSRL: self-supervised graph-structure pre-training on a (training) cohort.
+    """Stage 1 of MSRL once, on a pool of one or more cohorts: self-supervised graph-structure pre-training on
+    their slides and genomics (no labels are read; every case is trained on).
 
-    Use the result with `train --model msrl --param pretrained=FILE`. Pre-train only on cases that are
-    not in your evaluation's test folds (train's default pre-trains inside each fold instead).
+    Reuse it with `train`/`compare --pretrained FILE`: genes are matched by name, and a fold whose test cases
+    are in the pool is refused. A clinical table, when given, only maps slides to cases.
     """
-    from ..pretrain_io import save_pretrained
+    from ..adapters.pool import PoolEntry, load_pool, read_pool_manifest
+    from ..pretrain_io import save_pretrained, write_pretrain_report
 
     if not kw["model"].startswith("msrl"):
         raise MSRLPluginError(f"pretrain is for the MSRL models, not {kw['model']!r}", fix="pass --model msrl")
     params = model_params(kw["model"], kw)
     check_log_data(kw["log_data"])
-    cohort = load_cohort_from_flags(kw)
-    echo(f"{cohort}")
+    if kw["pool"] is not None:
+        given = [f"--{n}" for n in ("features", "clinical", "genomics") if kw[n] is not None]
+        if given:
+            raise MSRLPluginError(f"--pool lists the cohorts; {', '.join(given)} cannot be added to it",
+                                  fix="add the cohort as a row of the manifest")
+        entries = read_pool_manifest(kw["pool"])
+    else:
+        require(kw, "features")
+        entries = [PoolEntry(kw["features"].name, kw["features"], kw["genomics"], kw["clinical"],
+                             kw["patch_encoder"], kw["mag"], kw["patch_size"], kw["overlap"])]
+    cohort, summary = load_pool(entries, on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
+                                cache_float16=kw["cache_float16"])
+    echo("pool: " + ", ".join(f"{c['name']} ({c['cases']} cases, {c['with_genomics']} with genomics)"
+                              for c in summary))
     from ..registry import create_aggregator
     from ..training_log import EpochLog, attached
 
     model = create_aggregator(kw["model"], **params)
     recorded = kw["out"].with_name(kw["out"].name + ".provenance.json")
-    record = pretrain_record(kw, cohort, model, recorded)
-    data = model._prepare_fit(cohort)
+    record = pretrain_record(kw, cohort, model, recorded, entries)
     log = EpochLog(kw["out"].with_name(kw["out"].name + ".tensorboard")) if kw["log_data"] else None
     with attached(model, log):
-        pre = model.pretrain(data, progress=not click.get_current_context().find_root().obj["quiet"])
+        pre = model.pretrain_pool(cohort, kw["score_holdout"],
+                                  progress=not click.get_current_context().find_root().obj["quiet"])
     path = save_pretrained(kw["out"], pre, model.feature_dim_, model.genomics_columns_, cohort.case_ids,
-                           model.get_params(), model.pretrain_history_)
+                           model.get_params(), model.pretrain_history_, scaler=model.scaler_, pool=summary,
+                           score=model.pretrain_score_)
+    record.extra["pretrain_score"] = model.pretrain_score_
     record.write(recorded, finished=True)
-    from ..pretrain_io import write_pretrain_report
-
-    for line in write_pretrain_report(path, model.pretrain_history_):
+    for line in write_pretrain_report(path, model.pretrain_history_, model.pretrain_score_):
         click.echo(line)
     click.echo(f"saved {path}")
 

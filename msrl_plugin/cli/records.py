@@ -49,6 +49,14 @@ def check_log_data(log_data: bool, devices: int = 1) -> None:
 
 
 # -- each command's record, from its flags -----------------------------------------------------------
+def run_tables(kw: dict[str, Any]) -> dict[str, Any]:
+    """The tables a train/compare run reads: clinical, genomics and a --pretrained stage-1 file."""
+    tables = {"clinical": kw["clinical"], "genomics": kw["genomics"]}
+    if kw.get("pretrained") is not None:
+        tables["pretrained"] = kw["pretrained"]
+    return tables
+
+
 def results_record(command: str, kw: dict[str, Any], cohort, sink, models: dict[str, dict[str, Any]]):
     """The run's provenance record for a results folder (its inputs checked against the folder's), attached
     to ``sink`` with the ``--log-data`` choice."""
@@ -57,7 +65,7 @@ def results_record(command: str, kw: dict[str, Any], cohort, sink, models: dict[
     from ..registry import create_aggregator
 
     record = start_record(command, sink.provenance_path(), cohort, str(resolve_device(kw["device"])),
-                          features=kw["features"], tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
+                          features=kw["features"], tables=run_tables(kw),
                           hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
                           holds_results=sink.holds_results(), resume=sink.holds_results(),
                           where="--results-dir or --exp-code",
@@ -89,22 +97,27 @@ def compare_record(kw: dict[str, Any], cohort, models: list[str], params: dict[s
 
     bases = list(dict.fromkeys((variant_of(m) or (m,))[0] for m in models))
     record = start_record("compare", kw["out"] / FILE_NAME, cohort, str(resolve_device(kw["device"])),
-                          features=kw["features"], tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
+                          features=kw["features"], tables=run_tables(kw),
                           hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
                           holds_results=(kw["out"] / "per_fold.csv").exists(), where="--out",
                           models={b: create_aggregator(b, **params.get(b, {})) for b in bases},
-                          settings={"log_data": kw["log_data"]})
+                          settings={"log_data": kw["log_data"], "allow_pool_overlap": kw["allow_pool_overlap"]})
     return record  # written with the results, at the end (a comparison writes nothing before)
 
 
-def pretrain_record(kw: dict[str, Any], cohort, model, recorded: Path):
-    """pretrain's provenance, beside its checkpoint (stage 1 always trains in float32)."""
+def pretrain_record(kw: dict[str, Any], cohort, model, recorded: Path, entries):
+    """pretrain's provenance, beside its checkpoint (stage 1 always trains in float32): every pool cohort's
+    tables (and the manifest) fingerprinted."""
     from ..provenance import start_record
 
+    tables = {"pool": kw["pool"]} if kw["pool"] is not None else {}
+    for entry in entries:
+        prefix = "" if kw["pool"] is None else f"{entry.name}."
+        tables.update({f"{prefix}clinical": entry.clinical, f"{prefix}genomics": entry.genomics})
     record = start_record("pretrain", recorded, cohort, str(model._device()), features=kw["features"],
-                          tables={"clinical": kw["clinical"], "genomics": kw["genomics"]},
-                          hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
-                          holds_results=kw["out"].exists(), where="--out", settings={"log_data": kw["log_data"]})
+                          tables=tables, hash_contents=kw["hash_contents"], allow_changed=kw["allow_changed_inputs"],
+                          holds_results=kw["out"].exists(), where="--out",
+                          settings={"log_data": kw["log_data"], "score_holdout": kw["score_holdout"]})
     record.precision[model.name] = {"requested": getattr(model, "precision", None), "used": "fp32",
                                     "note": "stage 1 always trains in float32"}
     return record

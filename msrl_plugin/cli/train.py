@@ -8,7 +8,16 @@ from typing import Any
 import click
 
 from ..errors import MSRLPluginError
-from .common import cohort_options, echo, load_cohort_from_flags, model_options, model_params, require
+from .common import (
+    cohort_options,
+    echo,
+    load_cohort_from_flags,
+    model_options,
+    model_params,
+    pretrained_options,
+    require,
+    with_pretrained,
+)
 from .config import with_config
 from .options import with_threads
 from .records import check_log_data, log_data_option, prediction_record, provenance_options, results_record
@@ -31,6 +40,7 @@ from .records import check_log_data, log_data_option, prediction_record, provena
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same results folder.")
 @click.option("--devices", type=int, default=1, show_default=True,
               help="Data-parallel processes (gloo on CPU, nccl on GPU); torchrun launches work too.")
+@pretrained_options
 @provenance_options
 @log_data_option
 @with_config
@@ -47,7 +57,7 @@ def train(**kw):
 
     init_from_torchrun()
 
-    params = model_params(kw["model"], kw)
+    params = with_pretrained({kw["model"]: model_params(kw["model"], kw)}, kw["pretrained"])[kw["model"]]
     check_log_data(kw["log_data"], kw["devices"])
     cohort = load_cohort_from_flags(kw)
     echo(f"{cohort}")
@@ -57,7 +67,7 @@ def train(**kw):
     all_folds = split_dir_folds(cohort, kw["split_dir"]) if kw["split_dir"] else kfold_splits(cohort, kw["k"],
                                                                                                  kw["seed"])
     folds = select_folds(all_folds, kw["k_start"], kw["k_end"])
-    check_fold_inputs(kw["model"], params, cohort, folds)
+    check_fold_inputs(kw["model"], params, cohort, folds, kw["allow_pool_overlap"])
     sink = ResultsFolder(kw["results_dir"], kw["exp_code"] or kw["model"], kw["seed"], cohort, kw["resume"],
                          folds=folds, n_folds=len(all_folds))
     record = results_record("train", kw, cohort, sink, {kw["model"]: params})

@@ -31,7 +31,7 @@ from ..registry import create_aggregator, get_aggregator_class
 from ..survival import fit_bin_edges
 from ..training_log import attached
 from . import stats
-from .crossval import SELECTION_RULE
+from .crossval import SELECTION_RULE, check_pool_overlap
 from .metrics import concordance_index, fold_survival_metrics
 from .splits import Fold, kfold_splits
 from .variants import borrowing_controls, variant_of
@@ -305,7 +305,8 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
                    budget: dict[str, Any] | None = None, external: dict[str, ExternalModel] | None = None,
                    n_boot: int = 10_000, out_dir: str | Path | None = None, progress: bool = False,
                    log: Callable[[str], None] = print, borrowing_check: bool = True,
-                   epoch_log: Callable[..., Any] | None = None) -> ComparisonResult:
+                   epoch_log: Callable[..., Any] | None = None,
+                   allow_pool_overlap: bool = False) -> ComparisonResult:
     """Run every model on the same ``(seed, fold)`` pairs and compare them against ``reference``.
 
     ``folds``: ``k`` (stratified k-fold drawn per seed) or a fixed list of folds used for every seed.
@@ -315,6 +316,7 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
     ``borrowing_check``: every model with real genomics in its buffer also runs as its shuffled-buffer
     control (a post-fit copy, no extra training) and :meth:`ComparisonResult.borrowing` reports the effect.
     ``epoch_log(model, seed, fold, validation)``: an ``EpochLog`` per fit (``--log-data``).
+    ``allow_pool_overlap``: keep a fold whose test cases are in a model's stage-1 pool (refused otherwise).
     """
     budget = dict(DEFAULT_BUDGET if budget is None else budget)
     external = dict(external or {})
@@ -334,8 +336,13 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
     fitted = list(dict.fromkeys(variants[m][0] if m in variants else m for m in registered))
     resolved = resolve_params(registered, params, budget)
     rows, preds, examples, fold_record, histories = [], {}, {}, {}, []
+    folds_by_seed = {seed: kfold_splits(cohort, folds, seed) if isinstance(folds, int) else list(folds)
+                     for seed in seeds}
+    for name in fitted:  # before any fit: no fold's test cases in a stage-1 pool
+        check_pool_overlap(name, resolved[name], [f for fs in folds_by_seed.values() for f in fs],
+                           allow_pool_overlap)
     for seed in seeds:
-        seed_folds = kfold_splits(cohort, folds, seed) if isinstance(folds, int) else list(folds)
+        seed_folds = folds_by_seed[seed]
         fold_record[seed] = [{"k": f.k, "source": f.source, "n_train": len(f.train), "test": list(f.test)}
                              for f in seed_folds]
         for fold in seed_folds:
@@ -378,7 +385,8 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
         "n_folds": folds if isinstance(folds, int) else len(folds), "fold_cases": fold_record,
         "cohort": {"cases": len(cohort), "feature_dim": cohort.feature_dim,
                    "genomics_dim": cohort.genomics_dim},
-        "n_boot": n_boot, "pairing": "per (seed, fold); difference = model - reference",
+        "n_boot": n_boot, "allow_pool_overlap": allow_pool_overlap,
+        "pairing": "per (seed, fold); difference = model - reference",
         "tests": "two-sided Wilcoxon signed-rank (scipy, zeros dropped); percentile paired bootstrap 95% CI",
     }
     per_fold = pd.DataFrame(rows)

@@ -77,8 +77,33 @@ def run_fold(cohort: Cohort, fold: Fold, model_name: str, params: dict[str, Any]
     return model, predictions, metrics, extra
 
 
-def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds) -> None:
-    """Every fold's genomics preconditions, before anything is written (a run must not stop at fold 2)."""
+def check_pool_overlap(model: str, params: dict[str, Any], folds, allow: bool = False) -> None:
+    """Refuse a fold whose test cases are in the stage-1 pool of ``params["pretrained"]`` (stage 1 saw their
+    slides and genomics); ``allow`` turns that into a warning (the run's config records the choice)."""
+    if not params.get("pretrained"):
+        return
+    import warnings
+
+    from ..pretrain_io import read_pretrained
+
+    path = params["pretrained"]
+    pool = set(read_pretrained(path)["case_ids"])
+    for fold in folds:
+        seen = [str(c) for c in fold.test if str(c) in pool]
+        if not seen:
+            continue
+        what = (f"{len(seen)} test case(s) of fold {fold.k} (e.g. {seen[0]!r}) are in the pre-training pool of "
+                f"{path}, used by {model!r}: stage 1 saw their slides and genomics")
+        if not allow:
+            raise BadInputError(what, fix="pre-train on a pool without this cohort's test cases, or pass "
+                                          "--allow-pool-overlap (the run's config records it)")
+        warnings.warn(f"{what}; kept, as --allow-pool-overlap asks", UserWarning, stacklevel=2)
+
+
+def check_fold_inputs(model: str, params: dict[str, Any], cohort, folds, allow_pool_overlap: bool = False) -> None:
+    """Every fold's genomics preconditions and pre-training pool, before anything is written (a run must not
+    stop at fold 2)."""
+    check_pool_overlap(model, params, folds, allow_pool_overlap)
     aggregator = create_aggregator(model, **params)
     imputes = getattr(aggregator, "missing_genomics", "error") == "impute_mean"
     has = dict(zip(cohort.case_ids, cohort.has_genomics.tolist()))
