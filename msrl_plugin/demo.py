@@ -23,17 +23,18 @@ class DemoBudget:
     max_patches: int = 128       # patches sampled per bag per training step
     pretrain_epochs: int = 20    # MSRL's GSL pre-training, on each fold's training cases
     k: int = 5                   # folds
+    n_external: int = 1000       # generated external test cases every fold model is also scored on
 
     @classmethod
     def quick(cls) -> DemoBudget:
         """Under a minute on 2 busy cores: a smoke test of the whole pipeline, not a result."""
-        return cls(max_epochs=3, max_patches=64, pretrain_epochs=3, k=3)
+        return cls(max_epochs=3, max_patches=64, pretrain_epochs=3, k=3, n_external=300)
 
     def params_for(self, model: str) -> dict[str, int]:
         from .registry import get_aggregator_class
 
         valid = set(get_aggregator_class(model)._get_param_names())
-        return {k: v for k, v in asdict(self).items() if k != "k" and k in valid}
+        return {k: v for k, v in asdict(self).items() if k not in ("k", "n_external") and k in valid}
 
     def describe(self, model: str) -> str:
         p = self.params_for(model)
@@ -89,10 +90,11 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
 
     budget = budget or DemoBudget()
     out = Path(out)
-    config = CohortConfig.test_tier()
+    config = CohortConfig.test_tier(n_external=budget.n_external)
     log(f"[1/{len(models) + 2}] writing the semi-synthetic demo cohort to {out} (TRIDENT layout, "
-        f"{config.n_cases} cases, seed {seed})")
-    paths = write_cohort(generate_cohort(config, seed), out)
+        f"{config.n_cases} cases, seed {seed}; an external test set of {budget.n_external} cases kept in memory)")
+    synth = generate_cohort(config, seed)
+    paths = write_cohort(synth, out)
     cohort = load_cohort(paths["features_dir"], paths["clinical"], "survival", paths["genomics"])
     log(f"{cohort}")
     folds = kfold_splits(cohort, budget.k, seed)
@@ -138,7 +140,30 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
         record.write(out / "compare" / "provenance.json", finished=True)
         log("\n" + comparison.format())
         log(f"report: {report}")
+    if synth.external is not None:
+        log("\n" + external_report(out, synth, models, folds, sinks, seed))
     return results
+
+
+def external_report(out: Path, synth, models: list[str], folds, sinks: dict, seed: int) -> str:
+    """Every fold model (and its shuffled-buffer control) scored on the generated external set, written to
+    ``<out>/external.csv``: the verdict the folds' few test cases cannot give."""
+    from .aggregators.base import Aggregator
+    from .atomic import write_csv
+    from .evaluation.external import external_scores, fold_averaged_risk, format_external
+    from .evaluation.variants import borrowing_controls, variant_of
+
+    external = synth.external.to_cohort()
+    fold_models = {m: [Aggregator.load(sinks[m].checkpoint_path(f.k)) for f in folds] for m in models}
+    risks = {m: fold_averaged_risk(fold_models[m], external) for m in models}
+    pairs = [(m, models[0]) for m in models[1:]]
+    for control in borrowing_controls(models):
+        base, shuffle = variant_of(control)
+        risks[control] = fold_averaged_risk([shuffle(model, seed) for model in fold_models[base]], external)
+        pairs.append((base, control))
+    table = external_scores(risks, external, pairs, synth.external.truth.eta, seed=seed)
+    write_csv(out / "external.csv", table, index=True)
+    return format_external(table, len(external), len(folds)) + f"\n  ({out / 'external.csv'})"
 
 
 def demo_record(recorded: Path, cohort, paths: dict[str, Path], models: dict[str, dict], allow_changed: bool,

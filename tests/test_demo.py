@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from msrl_plugin import demo
 from msrl_plugin.demo import DemoBudget, demo_threads, run_demo
@@ -32,7 +33,7 @@ def test_threads_follow_the_flag_then_the_environment_then_the_idle_cores(monkey
 
 def test_demo_runs_with_progress_and_a_self_describing_table(tmp_path):
     lines: list[str] = []
-    budget = DemoBudget(max_epochs=1, max_patches=16, pretrain_epochs=1, k=2)
+    budget = DemoBudget(max_epochs=1, max_patches=16, pretrain_epochs=1, k=2, n_external=64)
     results = run_demo(tmp_path, ["abmil", "msrl"], budget, seed=0, log=lines.append, progress=False)
     text = "\n".join(lines)
     assert "[1/4] writing the semi-synthetic demo cohort" in text and "[4/4] summary" in text
@@ -54,6 +55,12 @@ def test_demo_runs_with_progress_and_a_self_describing_table(tmp_path):
     assert record["command"] == "demo" and set(record["precision"]) == {"abmil", "msrl"}
     assert all(json.loads((tmp_path / "results" / f"demo_{m}_s0" / "provenance.json").read_text())["folds"]
                for m in ("abmil", "msrl"))
+    # every fold model also scored on the generated external set, with the borrowing control
+    assert "External set: 64 generated cases" in text and "msrl - msrl:shuffled_buffer" in text
+    external = pd.read_csv(tmp_path / "external.csv", index_col=0)
+    assert {"abmil", "msrl", "msrl:shuffled_buffer", "msrl - abmil"} <= set(external.index)
+    assert external.loc["msrl - abmil", "c_index"] == pytest.approx(
+        external.loc["msrl", "c_index"] - external.loc["abmil", "c_index"])
 
 
 def test_demo_help_names_the_budget_flags(capsys):
