@@ -43,6 +43,7 @@ class CaseData:
     genomics: torch.Tensor                        # (n, G) float32, standardised, zeros where missing
     has_genomics: torch.Tensor                    # (n,) bool
     targets: dict[str, torch.Tensor]              # per-case task targets
+    coords: Sequence[torch.Tensor] | None = None  # each (N_i, 2) float32 patch positions, for models reading them
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -67,6 +68,26 @@ class LazyBags(Sequence):
         features = self.cohort.load_bag(self.case_ids[i]).features
         self.sizes[i] = int(features.shape[0])
         return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+
+
+class PatchCoords(Sequence):
+    """The cases' patch coordinates, read with their bags (the bag source's cache serves both)."""
+
+    def __init__(self, bags: LazyBags):
+        self.bags = bags
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from .errors import BadInputError
+
+        case = self.bags.case_ids[i]
+        coords = self.bags.cohort.load_bag(case).coords
+        if coords is None:
+            raise BadInputError(f"case {case!r} has bags without patch coordinates, which this model reads",
+                                fix="use .h5 bags with a coords dataset (TRIDENT, or CLAM's h5_files)")
+        return torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32))
 
 
 def bag_sizes(data: CaseData) -> list[int]:
@@ -116,17 +137,18 @@ class BagBatch:
     has_genomics: torch.Tensor  # (B,)
     targets: dict[str, torch.Tensor]
     case_ids: list[str]         # (B,) ids of the rows
+    coords: torch.Tensor | None = None  # (B, N_max, 2) patch positions, when the data carries them
 
     def select(self, rows: torch.Tensor) -> BagBatch:
         """The batch restricted to positions ``rows``."""
         return BagBatch(self.index[rows.cpu()], self.x[rows], self.mask[rows], self.genomics[rows],
                         self.has_genomics[rows], {k: v[rows] for k, v in self.targets.items()},
-                        [self.case_ids[i] for i in rows.tolist()])
+                        [self.case_ids[i] for i in rows.tolist()], None if self.coords is None else self.coords[rows])
 
     def to(self, device: torch.device) -> BagBatch:
         return BagBatch(self.index, self.x.to(device), self.mask.to(device), self.genomics.to(device),
                         self.has_genomics.to(device), {k: v.to(device) for k, v in self.targets.items()},
-                        self.case_ids)
+                        self.case_ids, None if self.coords is None else self.coords.to(device))
 
 
 def collate(data: CaseData, index: torch.Tensor, max_patches: int | None = None,
@@ -152,8 +174,15 @@ def collate(data: CaseData, index: torch.Tensor, max_patches: int | None = None,
             torch.index_select(bag, 0, keep, out=x[j, :n])
         x[j, n:] = 0
         mask[j, :n] = True
+    coords = None
+    if data.coords is not None:  # the same patches, in the same places
+        coords = torch.zeros(len(bags), n_max, 2)
+        for j, (i, keep, n) in enumerate(zip(index.tolist(), keeps, sizes, strict=True)):
+            where = data.coords[i]
+            coords[j, :n] = where if keep is None else where[keep]
     return BagBatch(index, x, mask, data.genomics[index], data.has_genomics[index],
-                    {k: v[index] for k, v in data.targets.items()}, [data.case_ids[i] for i in index.tolist()])
+                    {k: v[index] for k, v in data.targets.items()}, [data.case_ids[i] for i in index.tolist()],
+                    coords)
 
 
 def epoch_order(n: int, generator: torch.Generator, sampling_classes: np.ndarray | None = None) -> torch.Tensor:

@@ -10,8 +10,9 @@ not depend on the other bags in its batch.
 Sources of names:
 
 - built in: ``abmil`` (gated attention, :class:`~msrl_plugin.nn.abmil.GatedAttentionPool`; today's weights);
-- ``msrl-plugin[torchmil]``: ``transmil``, ``dsmil``, ``clam_sb``, ``dtfdmil`` (listed, with "needs
-  msrl-plugin[torchmil]", when torchmil is not installed; using one is then a one-line error);
+- ``msrl-plugin[torchmil]``: ``transmil``, ``dsmil``, ``clam_sb``, ``dtfdmil``, ``patch_gcn`` (listed, with "needs
+  msrl-plugin[torchmil]", when torchmil is not installed; using one is then a one-line error; ``patch_gcn`` reads
+  patch coordinates, so only its own baseline aggregator can use it);
 - third parties: an aggregator registered through the ``msrl_plugin.aggregators`` entry point whose class has a
   ``build_wsi_encoder(in_dim, out_dim, attn_dim, dropout)`` classmethod lends its encoder under its own name.
 """
@@ -23,7 +24,7 @@ from torch import nn
 
 from .errors import MSRLPluginError
 from .nn.abmil import GatedAttentionPool
-from .nn.torchmil_encoders import TORCHMIL_MODELS, TorchMILEncoder, torchmil_available
+from .nn.torchmil_encoders import NEEDS_COORDS, TORCHMIL_MODELS, TorchMILEncoder, torchmil_available
 
 EncoderFactory = Callable[[int, int, "int | None", float], nn.Module]
 TORCHMIL_EXTRA = "msrl-plugin[torchmil]"
@@ -86,11 +87,16 @@ def list_wsi_encoders() -> dict[str, str | None]:
     return {name: missing_requirement(name) for name in sorted(names)}
 
 
-def check_wsi_encoder(name: str) -> None:
-    """Raise one :class:`MSRLPluginError` line when ``name`` is unknown or its extra is not installed."""
+def check_wsi_encoder(name: str, passes_coords: bool = False) -> None:
+    """Raise one :class:`MSRLPluginError` line when ``name`` is unknown, its extra is not installed, or it reads
+    patch coordinates that the model using it (``passes_coords`` False: MSRL, fusion) does not pass."""
     if name not in _ENCODERS and name not in _plugin_encoders():
         raise MSRLPluginError(f"unknown slide encoder wsi_encoder={name!r}",
                               fix=f"choose one of: {', '.join(list_wsi_encoders())}")
+    if name in NEEDS_COORDS and not passes_coords:
+        raise MSRLPluginError(f"slide encoder {name!r} reads patch coordinates, which this model's graph forward "
+                              "does not pass", fix=f"compare it as the baseline --model {name}, or pick another "
+                                                   "wsi_encoder")
     why = missing_requirement(name)
     if why:
         raise MSRLPluginError(f"slide encoder {name!r} {why}", fix=f"pip install '{TORCHMIL_EXTRA}'")
@@ -99,7 +105,7 @@ def check_wsi_encoder(name: str) -> None:
 def build_wsi_encoder(name: str, in_dim: int, out_dim: int, attn_dim: int | None = None,
                       dropout: float = 0.25) -> nn.Module:
     """The encoder ``name`` for ``in_dim``-d patches and ``out_dim``-d case embeddings (contract: module doc)."""
-    check_wsi_encoder(name)
+    check_wsi_encoder(name, passes_coords=True)  # the model's own check says whether it passes coords
     factory = _ENCODERS[name][0] if name in _ENCODERS else _plugin_encoders()[name]
     module = factory(in_dim, out_dim, attn_dim, dropout)
     if getattr(module, "out_dim", out_dim) != out_dim:

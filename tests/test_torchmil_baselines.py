@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from _cohorts import easy_classification_cohort, easy_survival_cohort, labelled_genomics_cohort
 
-from msrl_plugin import create_aggregator, list_aggregators
-from msrl_plugin.errors import MSRLPluginError
+from msrl_plugin import Cohort, InMemoryBags, create_aggregator, list_aggregators
+from msrl_plugin.errors import BadInputError, MSRLPluginError
 from msrl_plugin.nn.torchmil_encoders import TORCHMIL_MODELS, torchmil_available
 
 needs_torchmil = pytest.mark.skipif(not torchmil_available(), reason="needs msrl-plugin[torchmil]")
@@ -44,18 +44,47 @@ def test_without_torchmil_list_models_says_what_they_need_and_using_one_is_one_e
     assert "needs msrl-plugin[torchmil]" in errors[0] and "Traceback" not in run.stderr
 
 
+def with_coords(cohort: Cohort) -> Cohort:
+    """``cohort`` with each bag's patches on a grid (as TRIDENT's coords: level-0 pixels, 256 apart)."""
+    feats = {s: cohort.bags.load(s).features for ss in cohort.slides.values() for s in ss}
+    coords = {s: 256 * np.stack([np.arange(len(f)) % 7, np.arange(len(f)) // 7], axis=1) for s, f in feats.items()}
+    return Cohort(cohort.cases, cohort.slides, InMemoryBags(feats, coords), cohort.task, cohort.genomics)
+
+
 @needs_torchmil
 @pytest.mark.parametrize("name", sorted(TORCHMIL_MODELS))
 def test_each_torchmil_baseline_trains_predicts_and_reloads(name, tmp_path):
-    survival = easy_survival_cohort(n=16, dim=8)
+    survival = with_coords(easy_survival_cohort(n=16, dim=8))
     model = create_aggregator(name, **QUICK).fit(survival)
     risk = model.predict(survival)["risk"]
     assert np.isfinite(risk).all() and len(risk) == 16
     if name != "dtfdmil":  # DTFD-MIL draws its pseudo-bags at random on every call
         loaded = type(model).load(model.save(tmp_path / "m.pt"))
         np.testing.assert_allclose(loaded.predict(survival)["risk"], risk, rtol=1e-5, atol=1e-6)
-    classes = create_aggregator(name, **QUICK).fit(easy_classification_cohort(n=16, dim=8))
-    assert 0 <= classes.evaluate(easy_classification_cohort(n=16, dim=8))["auc"] <= 1
+    classes = create_aggregator(name, **QUICK).fit(with_coords(easy_classification_cohort(n=16, dim=8)))
+    assert 0 <= classes.evaluate(with_coords(easy_classification_cohort(n=16, dim=8)))["auc"] <= 1
+
+
+@needs_torchmil
+def test_patch_gcn_reads_the_patches_positions():
+    """Moving the patches on the slide (same features) changes Patch-GCN's case embedding; bags without coords
+    are one error before training; MSRL, which passes no coords, refuses it as its slide encoder."""
+    import torch
+
+    from msrl_plugin.nn.torchmil_encoders import TorchMILEncoder
+
+    torch.manual_seed(0)
+    encoder = TorchMILEncoder("patch_gcn", 8, 16, dropout=0.0).eval()
+    x = torch.randn(1, 30, 8)
+    grid = torch.stack([torch.arange(30) % 6, torch.arange(30) // 6], dim=1).float()[None] * 256
+    encoder.coords = grid
+    h = encoder(x)[0]
+    encoder.coords = grid[:, torch.randperm(30)]
+    assert not torch.allclose(h, encoder(x)[0], atol=1e-4)
+    with pytest.raises(BadInputError, match="without patch coordinates"):
+        create_aggregator("patch_gcn", **QUICK).fit(easy_survival_cohort(n=16, dim=8))
+    with pytest.raises(MSRLPluginError, match="reads patch coordinates"):
+        create_aggregator("msrl", wsi_encoder="patch_gcn").fit(labelled_genomics_cohort(n=24))
 
 
 @needs_torchmil

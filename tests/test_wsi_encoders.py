@@ -113,9 +113,12 @@ def test_torchmil_encoders_embed_each_bag_alone(name):
     enc = build_wsi_encoder(name, 8, 16, 8, 0.0).eval()
     x, mask = torch.randn(3, 12, 8), torch.ones(3, 12, dtype=torch.bool)
     mask[1, 7:] = False
+    coords = torch.rand(3, 12, 2) * 2048  # read by Patch-GCN only
+    enc.coords = coords
     h, scores = enc(x, mask)
     assert h.shape == (3, 16) and scores is None
     if name != "dtfdmil":  # DTFD-MIL shuffles its pseudo-bags at random on every call
+        enc.coords = coords[1:2, :7]
         alone, _ = enc(x[1:2, :7], None)
         torch.testing.assert_close(alone, h[1:2], rtol=1e-4, atol=1e-5)
 

@@ -1,5 +1,6 @@
 """torchmil's MIL models as baseline aggregators (``msrl-plugin[torchmil]``): ``transmil``, ``dsmil``, ``clam_sb``,
-``dtfdmil``, for ``compare`` next to ``abmil`` and ``msrl`` (survival with our NLL head, or classification).
+``dtfdmil``, ``patch_gcn`` (which reads each bag's patch coordinates too), for ``compare`` next to ``abmil`` and
+``msrl`` (survival with our NLL head, or classification).
 
 Each is the network of the ``abmil`` aggregator with its gated attention swapped for the torchmil model
 (:mod:`msrl_plugin.nn.torchmil_encoders`): patches -> torchmil model -> case embedding ``h`` (hidden_dim) -> rho
@@ -17,9 +18,9 @@ import torch
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from ..batching import BagBatch
+from ..batching import BagBatch, CaseData, PatchCoords
 from ..nn.abmil import ABMIL
-from ..nn.torchmil_encoders import TORCHMIL_MODELS, torchmil_available
+from ..nn.torchmil_encoders import NEEDS_COORDS, TORCHMIL_MODELS, torchmil_available
 from ..registry import register_aggregator
 from ..wsi_encoders import TORCHMIL_EXTRA, build_wsi_encoder, check_wsi_encoder
 from .base import Aggregator, store_init_args
@@ -54,7 +55,23 @@ class EncoderMILAggregator(Aggregator):
         store_init_args(self, locals())
 
     def _warn_ignored(self) -> None:
-        check_wsi_encoder(self.encoder)  # before any bag is read: a one-line error without the extra
+        check_wsi_encoder(self.encoder, passes_coords=True)  # before any bag is read: without the extra, one line
+
+    def _reads_coords(self) -> bool:
+        return self.encoder in NEEDS_COORDS
+
+    def _prepare_fit(self, cohort, scaler=None) -> CaseData:
+        return self._with_coords(super()._prepare_fit(cohort, scaler))
+
+    def _case_data(self, cohort) -> CaseData:
+        return self._with_coords(super()._case_data(cohort))
+
+    def _with_coords(self, data: CaseData) -> CaseData:
+        if self._reads_coords():  # Patch-GCN: every batch carries its patches' positions
+            data.coords = PatchCoords(data.bags)
+            for i in range(len(data)):  # a bag without coords stops the run before any work
+                data.coords[i]
+        return data
 
     def _build_model(self, feature_dim: int, genomics_dim: int, n_outputs: int) -> nn.Module:
         pool = build_wsi_encoder(self.encoder, feature_dim, self.hidden_dim, self.attn_dim, self.dropout)
@@ -64,6 +81,8 @@ class EncoderMILAggregator(Aggregator):
         return model
 
     def _forward(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:
+        if self._reads_coords():
+            model.pool.coords = batch.coords
         return model(batch.x, batch.mask)[0]
 
     def _training_loss(self, model: nn.Module, batch: BagBatch) -> torch.Tensor:

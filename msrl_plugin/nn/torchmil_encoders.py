@@ -16,7 +16,9 @@ head (survival NLL or cross-entropy) then sits on ``h``.
   a scalar-score head, as the papers train them on the bag label. Inside MSRL (``wsi_encoder``) these scores
   are not trained yet: those classifiers keep their initial weights there. CLAM-SB's instance-clustering loss
   needs a binary bag label and is not used (the bag path alone trains).
-- Patch-GCN is not offered: it needs each bag's patch coordinates, which mini-batches do not carry yet.
+- Patch-GCN reads each bag's patch coordinates: its graph links every patch to its 8 nearest patches on the
+  slide (symmetric, D^-1/2 A D^-1/2 normalised; Chen et al. 2021 build the same 8-NN graph), passed as
+  ``coords (B, N, 2)`` next to the bag. Only its baseline aggregator passes them; MSRL's graph forward does not.
 """
 from __future__ import annotations
 
@@ -31,7 +33,11 @@ TORCHMIL_MODELS = {
     "dsmil": "DSMIL (Li et al. 2021): dual-stream MIL, attention to the critical instance",
     "clam_sb": "CLAM-SB (Lu et al. 2021): single-branch attention pooling (no instance-clustering loss)",
     "dtfdmil": "DTFD-MIL (Zhang et al. 2022): double-tier feature distillation over pseudo-bags",
+    "patch_gcn": "Patch-GCN (Chen et al. 2021): a 4-layer GCN over the patches' 8-NN slide graph, attention pool",
 }
+#: encoders that read patch coordinates (``coords``) as well as features
+NEEDS_COORDS = frozenset({"patch_gcn"})
+PATCH_GCN_NEIGHBOURS = 8
 
 
 def torchmil_available() -> bool:
@@ -54,6 +60,8 @@ def _torchmil_model(name: str, in_dim: int, out_dim: int, attn_dim: int, dropout
         return models.CLAM_SB((in_dim,), att_dim=attn_dim, gated=True, feat_ext=ext)
     if name == "dtfdmil":
         return models.DTFDMIL((in_dim,), att_dim=attn_dim, feat_ext=ext)
+    if name == "patch_gcn":
+        return models.PatchGCN((in_dim,), hidden_dim=out_dim, att_dim=attn_dim, dropout=dropout, feat_ext=ext)
     raise ValueError(f"unknown torchmil model {name!r}; choose one of {sorted(TORCHMIL_MODELS)}")
 
 
@@ -64,6 +72,7 @@ class TorchMILEncoder(nn.Module):
         name: one of :data:`TORCHMIL_MODELS`. in_dim: D. out_dim: d. attn_dim: attention width of DSMIL,
         CLAM-SB and DTFD-MIL. dropout: of the input map (and TransMIL's layers, DSMIL's value branch).
     After a forward, ``aux_scores`` holds the model's own one-logit scores ``(B, M)`` (DSMIL, DTFD-MIL) or None.
+    Patch-GCN reads ``coords (B, N, 2)``, set on the module before each forward by the model that owns it.
     """
 
     def __init__(self, name: str, in_dim: int, out_dim: int = 256, attn_dim: int | None = None,
@@ -75,12 +84,16 @@ class TorchMILEncoder(nn.Module):
         setattr(self.model, final, nn.Identity())  # the model now returns what its classifier read
         self.out_dim = out_dim
         self.aux_scores: torch.Tensor | None = None
+        self.coords: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        if self.name in NEEDS_COORDS and (self.coords is None or self.coords.shape[:2] != x.shape[:2]):
+            raise ValueError(f"{self.name} needs the batch's patch coordinates (B, N, 2) set as .coords")
         hs, aux = [], []
         for b in range(x.shape[0]):
-            bag = x[b: b + 1] if mask is None else x[b: b + 1, mask[b]]
-            h, a = self._one(bag)
+            keep = slice(None) if mask is None else mask[b]
+            bag = x[b: b + 1, keep]
+            h, a = self._one(bag, None if self.coords is None else self.coords[b, keep])
             hs.append(h.reshape(1, -1))
             if a is not None:
                 aux.append(a.reshape(1, -1))
@@ -89,7 +102,9 @@ class TorchMILEncoder(nn.Module):
         self.aux_scores = torch.cat([a.repeat(1, -(-width // a.shape[1]))[:, :width] for a in aux]) if aux else None
         return torch.cat(hs), None
 
-    def _one(self, bag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _one(self, bag: torch.Tensor, coords: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.name == "patch_gcn":
+            return self.model(bag, neighbour_graph(coords, PATCH_GCN_NEIGHBOURS)[None]), None
         if self.name == "dsmil":
             h, inst = self.model(bag, return_inst_pred=True)
             return h, inst.max(dim=1).values
@@ -97,3 +112,17 @@ class TorchMILEncoder(nn.Module):
             ones = torch.ones(bag.shape[:2], dtype=torch.bool, device=bag.device)  # its max-min needs a mask
             return self.model(bag, ones, return_pseudo_pred=True)
         return self.model(bag), None
+
+
+def neighbour_graph(coords: torch.Tensor, k: int) -> torch.Tensor:
+    """``(n, n)``: each patch linked to its ``k`` nearest other patches (Euclidean, on the slide), symmetrised and
+    normalised as D^-1/2 A D^-1/2, without self-loops (torchmil's GCN layer adds each node's own features)."""
+    n = coords.shape[0]
+    dist = torch.cdist(coords.float(), coords.float())
+    dist.fill_diagonal_(float("inf"))
+    adj = torch.zeros(n, n, device=coords.device)
+    if n > 1:
+        adj.scatter_(1, dist.topk(min(k, n - 1), largest=False).indices, 1.0)
+    adj = ((adj + adj.t()) > 0).float()
+    scale = adj.sum(1).clamp(min=1).rsqrt()
+    return scale[:, None] * adj * scale[None, :]
