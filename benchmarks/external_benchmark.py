@@ -176,10 +176,12 @@ def paired_table(per_seed: pd.DataFrame, reference: str = "abmil") -> pd.DataFra
 
 def run(tier_name: str, signals: list[str] | None = None, seeds: list[int] | None = None,
         n_train: list[int] | None = None, methods: list[str] | None = None, out: Path | None = None,
-        log=print) -> pd.DataFrame:
+        log=print, pool_cases: int | None = None) -> pd.DataFrame:
     tier = dict(TIERS[tier_name])
     if n_train:
         tier["n_train"] = n_train
+    if pool_cases:  # a pan-cancer pool of this size (6 types: 5 in the pool) on any tier
+        tier["pool"] = {"n_types": 6, "n_cases": pool_cases}
     methods = methods or tier["methods"]
     if "msrl_pancancer" in methods and not tier.get("pool"):
         raise SystemExit(f"tier {tier_name!r} has no pan-cancer pool; drop msrl_pancancer")
@@ -214,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", default=None, help="comma-separated training sizes (default: the tier's)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ORDER)}")
     parser.add_argument("--out", type=Path, default=None, help="results folder; finished cells are kept")
+    parser.add_argument("--pool-cases", type=int, default=None,
+                        help="pan-cancer pool size for msrl_pancancer (5 other types), e.g. on the quick tier")
     args = parser.parse_args(argv)
     split = (lambda s, f=str: [f(x) for x in s.split(",")] if s else None)  # noqa: E731
     start = time.perf_counter()
     run(args.tier, split(args.signal), split(args.seeds, int), split(args.n_train, int), split(args.methods),
-        args.out)
+        args.out, pool_cases=args.pool_cases)
     print(f"\nwall time: {time.perf_counter() - start:.0f}s (tier {args.tier})")
     return 0
 
