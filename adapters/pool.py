@@ -4,7 +4,7 @@
 manifest's folder) or as the usual ``--features``/``--clinical``/``--genomics`` flags for a single cohort.
 Manifest columns: ``features`` (required), ``genomics``, ``clinical`` (only its ``case_id``/``slide_id``
 columns are read: no labels are needed), ``name``, and TRIDENT's ``patch_encoder``, ``mag``, ``patch_size``,
-``overlap``.
+``overlap``, and the clinical table's ``case_col`` / ``slide_col`` (default ``case_id`` / ``slide_id``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from ..errors import BadInputError
 from .loader import bag_source, load_unlabelled_cohort
 from .tables import read_table
 
-MANIFEST_COLUMNS = ("features", "genomics", "clinical", "name", "patch_encoder", "mag", "patch_size", "overlap")
+MANIFEST_COLUMNS = ("features", "genomics", "clinical", "name", "patch_encoder", "mag", "patch_size", "overlap",
+                    "case_col", "slide_col")
 _NUMBERS = {"mag": float, "patch_size": int, "overlap": int}
 
 
@@ -37,6 +38,8 @@ class PoolEntry:
     mag: float | None = None
     patch_size: int | None = None
     overlap: int | None = None
+    case_col: str = "case_id"
+    slide_col: str = "slide_id"
 
 
 def read_pool_manifest(path: str | os.PathLike) -> list[PoolEntry]:
@@ -65,9 +68,10 @@ def read_pool_manifest(path: str | os.PathLike) -> list[PoolEntry]:
                     raise BadInputError(f"row {i + 2}: {key} {cell[key]!r} is not a number", path,
                                         f"write {key} as a number") from None
         where = {k: path.parent / cell[k] for k in ("features", "genomics", "clinical") if k in cell}
+        columns = {k: cell[k] for k in ("case_col", "slide_col") if k in cell}
         entries.append(PoolEntry(cell.get("name", Path(cell["features"]).name), where["features"],
                                  where.get("genomics"), where.get("clinical"), cell.get("patch_encoder"),
-                                 **numbers))
+                                 **numbers, **columns))
     names = [e.name for e in entries]
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -89,7 +93,7 @@ def load_pool(entries: list[PoolEntry], *, on_empty: str = "error", cache_bytes:
         cohort = load_unlabelled_cohort(entry.features, SURVIVAL, entry.clinical, entry.genomics,
                                         patch_encoder=entry.patch_encoder, mag=entry.mag,
                                         patch_size=entry.patch_size, overlap=entry.overlap, on_empty=on_empty,
-                                        cache_bytes=0)
+                                        case_col=entry.case_col, slide_col=entry.slide_col, cache_bytes=0)
         cohorts.append((entry, cohort))
         summary.append({"name": entry.name, "features": str(entry.features), "cases": len(cohort),
                         "with_genomics": int(cohort.has_genomics.sum())})

@@ -50,7 +50,8 @@ def pretrain(**kw):
     else:
         require(kw, "features")
         entries = [PoolEntry(kw["features"].name, kw["features"], kw["genomics"], kw["clinical"],
-                             kw["patch_encoder"], kw["mag"], kw["patch_size"], kw["overlap"])]
+                             kw["patch_encoder"], kw["mag"], kw["patch_size"], kw["overlap"], kw["case_col"],
+                             kw["slide_col"])]
     cohort, summary = load_pool(entries, on_empty=kw["on_empty"], cache_dir=kw["cache_dir"],
                                 cache_float16=kw["cache_float16"])
     echo("pool: " + ", ".join(f"{c['name']} ({c['cases']} cases, {c['with_genomics']} with genomics)"
