@@ -120,15 +120,13 @@ def compare(**kw):
     models = [m.strip() for m in kw["models"].split(",") if m.strip()]
     seeds = _int_list(kw["seeds"], "--seeds")
     params = parse_model_params(kw["extra_params"], models)
-    if kw["pretrained"] is not None:
-        from ..evaluation.variants import variant_of
+    from ..evaluation.variants import variant_of
 
-        bases = {(variant_of(m) or (m,))[0]: params.get((variant_of(m) or (m,))[0], {}) for m in models}
-        params.update(with_pretrained(bases, kw["pretrained"]))
+    bases = list(dict.fromkeys((variant_of(m) or (m,))[0] for m in models))
+    if kw["pretrained"] is not None:  # for every base model with a stage 1
+        params.update(with_pretrained({b: params.get(b, {}) for b in bases}, kw["pretrained"]))
     if kw["device"] != "auto":
-        from ..evaluation.variants import variant_of
-
-        for base in {(variant_of(m) or (m,))[0] for m in models}:
+        for base in bases:
             params.setdefault(base, {})["device"] = kw["device"]
     check_log_data(kw["log_data"])
     cohort = load_cohort_from_flags(kw)
