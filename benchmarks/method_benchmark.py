@@ -178,6 +178,8 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
               if (variant_of(m) or (m,))[0] in MSRL_FAMILY}
     if "abmil" in registered and tier.get("abmil"):
         params["abmil"] = dict(tier["abmil"])
+    # the table's reference: ABMIL where it runs, else the first method named (e.g. transmil against MSRL on it)
+    table_reference = "abmil" if "abmil" in methods else methods[0]
     results = []
     for seed in seeds:
         done = None if seed_dir is None else seed_dir / f"seed_{seed}.csv"
@@ -186,8 +188,8 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
         todo = [m for m in methods if m not in set(kept["model"])]
         if not todo:
             log(f"  seed {seed}: read back from {done}")
-            results.append(ComparisonResult(config.task, list(dict.fromkeys(kept["model"])), "abmil", kept, {},
-                                            {}, n_boot=n_boot))
+            results.append(ComparisonResult(config.task, list(dict.fromkeys(kept["model"])), table_reference, kept,
+                                            {}, {}, n_boot=n_boot))
             continue
         if len(kept):
             log(f"  seed {seed}: {sorted(set(kept['model']))} read back from {done}; running {todo}")
@@ -214,7 +216,7 @@ def run_grid_point(knobs: dict[str, Any], tier: dict[str, Any], seeds: list[int]
             write_csv(done, result.per_fold)
         results.append(result)
     merged = merge_results(results)
-    merged.reference = "abmil" if "abmil" in merged.models else merged.reference
+    merged.reference = table_reference
     merged.models = [m for m in ORDER if m in merged.models] + [m for m in merged.models if m not in ORDER]
     merged.config = {**merged.config, "knobs": config.to_dict(), "seeds": seeds}
     return merged
@@ -285,7 +287,7 @@ def check_orderings(result: ComparisonResult, rho: float, n_boot: int,
 
 def ordering_table(result: ComparisonResult) -> pd.DataFrame:
     """Methods in protocol order: c-index (and Spearman with the true eta) mean +- sd, the paired c-index
-    difference vs ABMIL."""
+    difference vs the reference (ABMIL where it ran)."""
     summary = result.summary()
     paired = result.paired()
     paired = paired[paired["metric"] == "c_index"].set_index("model")
@@ -298,7 +300,7 @@ def ordering_table(result: ComparisonResult) -> pd.DataFrame:
                                                        summary.loc[model, "spearman_eta_sd"])
         if model in paired.index:
             p = paired.loc[model]
-            row.update({"diff_vs_abmil": f"{p['mean_diff']:+.3f}",
+            row.update({f"diff_vs_{result.reference}": f"{p['mean_diff']:+.3f}",
                         "95% CI": f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]",
                         "wilcoxon_p": f"{p['wilcoxon_p']:.3g}", "win_rate": f"{p['win_rate']:.2f}"})
         rows.append(row)

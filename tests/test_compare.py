@@ -267,6 +267,27 @@ def test_truth_correlation_is_added_per_fold():
     np.testing.assert_allclose(result.per_fold["spearman_eta"], [expected, expected])
 
 
+def test_benchmark_reads_back_finished_seeds_without_abmil(tmp_path):
+    """A folder of finished seeds without ABMIL (MSRL on another encoder) prints its table against the first
+    method named, from the saved rows alone (it raised 'reference model abmil has no rows' before)."""
+    bench = _benchmark_module("method_benchmark")
+    seed_dir = tmp_path / "seeds" / "default"
+    seed_dir.mkdir(parents=True)
+    for seed in (0, 1):
+        rows = [{"model": m, "seed": seed, "fold": k, "c_index": 0.6 + shift + 0.01 * k, "spearman_eta": 0.3 + shift}
+                for k in range(4) for m, shift in (("transmil", 0.0), ("msrl", 0.02), ("msrl_shuffled_buffer", 0.01))]
+        pd.DataFrame(rows).to_csv(seed_dir / f"seed_{seed}.csv", index=False)
+    methods = ["transmil", "msrl", "msrl_shuffled_buffer"]
+    result = bench.run_grid_point({}, bench.TIERS["quick"], [0, 1], methods, n_boot=200, log=lambda _m: None,
+                                  seed_dir=seed_dir)
+    assert result.reference == "transmil" and len(result.per_fold) == 24
+    paired = result.paired().set_index(["model", "metric"])
+    assert paired.loc[("msrl", "c_index"), "reference"] == "transmil"
+    assert paired.loc[("msrl", "c_index"), "mean_diff"] == pytest.approx(0.02)
+    assert bench.ordering_table(result).loc["msrl", "diff_vs_transmil"] == "+0.020"
+    assert "msrl > msrl_shuffled_buffer" in set(bench.check_orderings(result, rho=0.8, n_boot=200)["ordering"])
+
+
 def test_msrl_diagnostics_script_runs(capsys):
     diagnostics = _benchmark_module("msrl_diagnostics")
     assert diagnostics.main(["--cases", "60", "--param", "pretrain_epochs=1", "--param", "max_epochs=1"]) == 0
