@@ -68,6 +68,21 @@ def test_fast_dropout_keeps_each_entry_with_probability_one_minus_p_and_scales_i
     assert torch.count_nonzero(fast_dropout(torch.ones(11), 1.0)) == 0
 
 
+def test_fast_dropout_bits_per_element_keep_the_probability_exact_and_neighbours_independent():
+    torch.manual_seed(1)
+    kept = fast_dropout(torch.ones(1000, 400), 0.25) > 0  # 8 bits per entry, 4 entries per random word
+    assert abs(kept.float().mean().item() - 0.75) < 0.003
+    pairs = kept.reshape(-1, 4)  # entries that share one 32-bit word
+    assert abs((pairs[:, 0] & pairs[:, 1]).float().mean().item() - 0.75 ** 2) < 0.004
+    assert abs((pairs[:, 2] & pairs[:, 3]).float().mean().item() - 0.75 ** 2) < 0.004
+    kept = fast_dropout(torch.ones(1000, 400), 0.1) > 0  # 0.9 * 256 is no whole number: 16 bits per entry
+    assert abs(kept.float().mean().item() - 0.9) < 0.003
+    x = torch.randn(5, 3).bfloat16()  # 15 entries: the last random word is partly used
+    y = fast_dropout(x, 0.25)
+    kept = y != 0
+    assert y.dtype == torch.bfloat16 and torch.equal(y[kept], x[kept] * torch.tensor(1 / 0.75).bfloat16())
+
+
 def test_stacked_attention_gemm_equals_clams_two_branch_layers():
     torch.manual_seed(0)
     pool = GatedAttentionPool(12, 16, 8).eval()

@@ -34,6 +34,7 @@ from ..checkpoint import (
 from ..cohort import Cohort
 from ..divergence import TrainingDivergedError, all_finite, likely_cause
 from ..errors import BadInputError, CheckpointError
+from ..heap import keep_freed_memory
 from ..nn.optim import make_adam
 from ..tasks import make_task, task_from_state
 from .params import _DAMAGED_FIX, PARAMETER_CONSTRAINTS, check_params
@@ -181,6 +182,7 @@ class Aggregator(TrainingStateMixin, BaseEstimator):
         target, RNG states, epoch) is written atomically after every epoch and picked up again after a crash.
         """
         device = self._device()
+        keep_freed_memory(device)
         autocast = self._autocast(device, model, data, loss_fn)
         budget = pass_budget(self._patch_budget(), self.precision_)
         sizes = bag_sizes(data) if budget else None

@@ -8,6 +8,7 @@ import warnings
 from ..batching import CaseData, GenomicsScaler, load_case_data
 from ..cohort import Cohort
 from ..errors import BadInputError, CheckpointError
+from ..heap import keep_freed_memory
 from ..nn.gsl_pretrain import GSLPretrainModel
 from ..nn.msrl import MSRLNetwork
 from ..pretrain import PretrainSettings, pretrain_gsl, split_holdout
@@ -30,6 +31,7 @@ class Stage1Mixin:
                                     self.anchor_init, self.temperature, self.max_patches,
                                     inter_level=self.pretrain_inter_level, holdout=self.pretrain_holdout)
         show = self.verbose if progress is None else progress
+        keep_freed_memory(self._device())
         start = time.perf_counter()
         on_epoch = None if self._epoch_log is None else self._epoch_log.pretrain_epoch
         self.pretrain_history_ = pretrain_gsl(
