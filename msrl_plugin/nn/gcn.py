@@ -10,6 +10,8 @@ from torch import nn
 from torch_geometric.nn import GCNConv
 from torch_geometric.utils import dense_to_sparse
 
+from .dropout import fast_dropout
+
 
 class GCN(nn.Module):
     """Stack of GCN layers H' = A (H W) + b on a given normalised adjacency A (method.md §2) [S].
@@ -49,7 +51,7 @@ class GCN(nn.Module):
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         """``x (N, in), adj (N, N) -> (N, out)``, or B independent graphs: ``(B, N, in), (B, N, N) -> (B, N, out)``."""
-        adj = F.dropout(adj, p=self.dropedge, training=self.training)
+        adj = fast_dropout(adj, self.dropedge, self.training)
         if adj.dim() == 3:
             b, n = adj.shape[:2]
             edge_index, edge_weight = block_diagonal_edges(adj)
@@ -61,7 +63,7 @@ class GCN(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, edge_index, edge_weight)
             if i < len(self.layers) - 1:
-                x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
+                x = fast_dropout(F.relu(x), self.dropout, self.training)
         return x.view(b, n, -1) if adj.dim() == 3 else x
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from .abmil import GatedAttentionPool
 from .buffer import FeatureBuffer
+from .dropout import fast_dropout
 from .gcn import GCN
 from .graph_learner import GraphLearner, KNNGraph, LearnedGraph, sparsify_and_normalise
 from .retrieval import KEY_DTYPES, blockwise_topk, faiss_candidates, import_faiss, shortlist_topk
@@ -245,14 +246,14 @@ class MSRLNetwork(nn.Module):
         Dense batched products replace torch-geometric's scatter, which is slow for B x N-node graphs on CPU.
         """
         gcn = self.gcn
-        adj = F.dropout(adj, p=gcn.dropedge, training=self.training)
+        adj = fast_dropout(adj, gcn.dropedge, self.training)
         h = xw
         for i, layer in enumerate(gcn.layers):
             rows = adj[:, :1] if i == len(gcn.layers) - 1 else adj  # the last layer: node 0 only
             if i == 0:
                 h = rows @ h + layer.bias
             else:  # (A h) W = A (h W); A h first is cheaper for the single last row
-                h = F.dropout(F.relu(h), p=gcn.dropout, training=self.training)
+                h = fast_dropout(F.relu(h), gcn.dropout, self.training)
                 h = (rows @ h) @ layer.lin.weight.t() + layer.bias
         return h[:, 0]
 
