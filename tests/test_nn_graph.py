@@ -12,6 +12,7 @@ from msrl_plugin.nn import (
     KNNGraph,
     ProjectionHead,
     knn_graph,
+    sparsify_and_normalise,
     symmetric_normalise,
     topk_selection,
 )
@@ -172,3 +173,22 @@ def test_projection_head_and_snn_shapes():
     assert isinstance(SNN(8).net[1], torch.nn.SELU)
     with pytest.raises(ValueError):
         SNN(8, activation="gelu")
+
+
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_node0_propagation_equals_the_full_gcn_forward_and_backward(n_layers):
+    """GCN.node0 (two layers: only node 0's neighbours' first-layer rows) gives the full GCN's node-0 output
+    and the same gradients, also for a graph whose node 0 has no neighbour at all."""
+    torch.manual_seed(0)
+    gcn = GCN(16, 8, 8, n_layers=n_layers, dropout=0.3).eval()
+    nodes = torch.randn(4, 30, 16, requires_grad=True)
+    sim = torch.randn(4, 30, 30, requires_grad=True)
+    adj = sparsify_and_normalise(sim, 5)
+    adj = torch.cat([adj[:3], adj[3:] * torch.cat([torch.zeros(1, 30), torch.ones(29, 30)])[None]])  # node 0 alone
+    full = gcn(nodes, adj)[:, 0]
+    fast = gcn.node0(nodes @ gcn.layers[0].lin.weight.t(), adj)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    grads_full = torch.autograd.grad(full.square().sum(), (nodes, sim), retain_graph=True)
+    grads_fast = torch.autograd.grad(fast.square().sum(), (nodes, sim))
+    for a, b in zip(grads_fast, grads_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

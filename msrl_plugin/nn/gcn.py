@@ -66,6 +66,38 @@ class GCN(nn.Module):
                 x = fast_dropout(F.relu(x), self.dropout, self.training)
         return x.view(b, n, -1) if adj.dim() == 3 else x
 
+    def node0(self, xw: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """Each graph's output at node 0: ``xw`` = nodes @ W1^T ``(B, N, d)``, ``adj`` ``(B, N, N)`` -> ``(B, d)``.
+
+        Equals ``self(nodes, adj)[:, 0]`` (out[i] = sum_j A[i, j] h_j W + b per layer) with three savings: the
+        first layer's transform arrives precomputed, the last layer is evaluated for node 0 only, and with two
+        layers (MSRL's) the first is evaluated only for node 0's neighbours (rows j with A[0, j] != 0; the
+        others are multiplied by 0). Dense batched products replace torch-geometric's scatter, which is slow
+        for B x N-node graphs on CPU.
+        """
+        adj = fast_dropout(adj, self.dropedge, self.training)
+        if len(self.layers) == 2:
+            return self._node0_two_layers(xw, adj)
+        h = xw
+        for i, layer in enumerate(self.layers):
+            rows = adj[:, :1] if i == len(self.layers) - 1 else adj  # the last layer: node 0 only
+            if i == 0:
+                h = rows @ h + layer.bias
+            else:  # (A h) W = A (h W); A h first is cheaper for the single last row
+                h = fast_dropout(F.relu(h), self.dropout, self.training)
+                h = (rows @ h) @ layer.lin.weight.t() + layer.bias
+        return h[:, 0]
+
+    def _node0_two_layers(self, xw: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        first, second = self.layers
+        linked = adj[:, 0] != 0  # (B, N): node 0's neighbours (the padding below picks unlinked rows: weight 0)
+        width = max(int(linked.sum(dim=1).max()), 1)
+        near = linked.to(adj.dtype).topk(width, dim=1, sorted=False).indices  # (B, r)
+        rows = adj.gather(1, near[:, :, None].expand(-1, -1, adj.shape[2]))  # (B, r, N)
+        h = fast_dropout(F.relu(rows @ xw + first.bias), self.dropout, self.training)  # (B, r, d)
+        weights = adj[:, 0].gather(1, near)[:, None, :]  # (B, 1, r): A[0, near]
+        return ((weights @ h) @ second.lin.weight.t() + second.bias)[:, 0]
+
 
 def block_diagonal_edges(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, N, N)`` dense adjacencies -> edges of their block-diagonal union (node ``b*N + i``).

@@ -23,7 +23,6 @@ from torch import nn
 
 from .abmil import GatedAttentionPool
 from .buffer import FeatureBuffer
-from .dropout import fast_dropout
 from .gcn import GCN
 from .graph_learner import GraphLearner, KNNGraph, LearnedGraph, sparsify_and_normalise
 from .retrieval import KEY_DTYPES, blockwise_topk, faiss_candidates, import_faiss, shortlist_topk
@@ -222,7 +221,7 @@ class MSRLNetwork(nn.Module):
         w1 = self.gcn.layers[0].lin.weight
         # every case's graph holds the same K buffer rows: transform them once, not once per case
         xw = torch.cat([(f @ w1.t())[:, None, :], (buf @ w1.t())[None].expand(b, -1, -1)], dim=1)
-        return self._propagate(xw, graph.adj), graph, mask
+        return self.gcn.node0(xw, graph.adj), graph, mask
 
     def _shared_buffer_graph(self, f: torch.Tensor, buf: torch.Tensor, mask: torch.Tensor) -> LearnedGraph:
         """``GraphLearner(nodes, mask)`` over each case's [case; buffer], the buffer<->buffer block of the
@@ -236,26 +235,6 @@ class MSRLNetwork(nn.Module):
         bottom = torch.cat([s_cb[:, :, None], (e_b @ e_b.t())[None].expand(b, -1, -1)], dim=2)  # (B, K, 1+K)
         sim = torch.cat([top, bottom], dim=1)
         return LearnedGraph(sparsify_and_normalise(sim, learner.k, mask), sim)
-
-    def _propagate(self, xw: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-        """The GCN of each case's graph, read out at node 0: ``xw`` = nodes @ W1^T ``(B, N, d)``, ``adj``
-        ``(B, N, N)`` -> ``(B, d)``.
-
-        Equals ``self.gcn(nodes, adj)[:, 0]`` (out[i] = sum_j A[i, j] h_j W + b per layer) with two savings:
-        the first layer's transform arrives precomputed, and the last layer is evaluated for node 0 only.
-        Dense batched products replace torch-geometric's scatter, which is slow for B x N-node graphs on CPU.
-        """
-        gcn = self.gcn
-        adj = fast_dropout(adj, gcn.dropedge, self.training)
-        h = xw
-        for i, layer in enumerate(gcn.layers):
-            rows = adj[:, :1] if i == len(gcn.layers) - 1 else adj  # the last layer: node 0 only
-            if i == 0:
-                h = rows @ h + layer.bias
-            else:  # (A h) W = A (h W); A h first is cheaper for the single last row
-                h = fast_dropout(F.relu(h), gcn.dropout, self.training)
-                h = (rows @ h) @ layer.lin.weight.t() + layer.bias
-        return h[:, 0]
 
     def _exclusion(self, case_ids: list[str] | None, n: int, device: torch.device) -> torch.Tensor:
         if case_ids is not None:
@@ -275,7 +254,7 @@ class MSRLNetwork(nn.Module):
         mask = candidate_masks(valid[rows], exclusion.gather(1, rows))
         graph = self.graph_learner(nodes, mask)
         z = (self.gcn(nodes, graph.adj)[:, 0] if self.propagation == "pyg"
-             else self._propagate(nodes @ self.gcn.layers[0].lin.weight.t(), graph.adj))
+             else self.gcn.node0(nodes @ self.gcn.layers[0].lin.weight.t(), graph.adj))
         return z, CandidateGraph(graph.adj, graph.similarity, rows), mask
 
     @torch.no_grad()
