@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -31,20 +32,14 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's upper limit for this parameter on 64-bit
 TRIM_THRESHOLD = 512 * 2**20
 ENV = "MSRL_PLUGIN_KEEP_FREED_MEMORY"
 
-_state: dict[str, bool] = {}
-
 
 def keep_freed_memory(device: torch.device) -> bool:
     """For a fit on ``device``: on the CPU, apply the thresholds above once per process; True when they are in
     force (this call or an earlier one)."""
-    if device.type != "cpu":
-        return False
-    if "applied" in _state:
-        return _state["applied"]
-    _state["applied"] = applied = _apply()
-    return applied
+    return device.type == "cpu" and _apply()
 
 
+@functools.cache
 def _apply() -> bool:
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         logger.info("glibc heap thresholds left as they are (%s=0)", ENV)

@@ -1,9 +1,18 @@
 """glibc heap thresholds for CPU training (msrl_plugin.heap): applied once, only on the CPU, switchable off."""
+import pytest
 import torch
 from _cohorts import easy_survival_cohort
 
 from msrl_plugin import heap
 from msrl_plugin.aggregators.abmil import ABMILAggregator
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process():
+    """Each test sees a process where nothing was applied yet, and leaves none of its fakes cached."""
+    heap._apply.cache_clear()
+    yield
+    heap._apply.cache_clear()
 
 
 def _recorder(calls):
@@ -15,7 +24,6 @@ def _recorder(calls):
 
 def test_thresholds_are_set_once_per_process_and_only_for_cpu_fits(monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "_state", {})
     monkeypatch.setattr(heap, "_glibc_mallopt", lambda: _recorder(calls))
     monkeypatch.delenv(heap.ENV, raising=False)
     assert heap.keep_freed_memory(torch.device("cuda")) is False and calls == []
@@ -26,18 +34,16 @@ def test_thresholds_are_set_once_per_process_and_only_for_cpu_fits(monkeypatch):
 
 def test_switched_off_by_the_environment_or_absent_without_glibc(monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "_state", {})
     monkeypatch.setattr(heap, "_glibc_mallopt", lambda: _recorder(calls))
     monkeypatch.setenv(heap.ENV, "0")
     assert heap.keep_freed_memory(torch.device("cpu")) is False and calls == []
-    monkeypatch.setattr(heap, "_state", {})
+    heap._apply.cache_clear()
     monkeypatch.delenv(heap.ENV)
     monkeypatch.setattr(heap, "_glibc_mallopt", lambda: None)  # musl, macOS, Windows
     assert heap.keep_freed_memory(torch.device("cpu")) is False
 
 
 def test_a_refused_threshold_reports_not_applied(monkeypatch):
-    monkeypatch.setattr(heap, "_state", {})
     monkeypatch.delenv(heap.ENV, raising=False)
     monkeypatch.setattr(heap, "_glibc_mallopt", lambda: (lambda param, value: 0))
     assert heap.keep_freed_memory(torch.device("cpu")) is False
@@ -45,7 +51,6 @@ def test_a_refused_threshold_reports_not_applied(monkeypatch):
 
 def test_a_cpu_fit_applies_them(monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "_state", {})
     monkeypatch.setattr(heap, "_glibc_mallopt", lambda: _recorder(calls))
     monkeypatch.delenv(heap.ENV, raising=False)
     ABMILAggregator(max_epochs=1, device="cpu", seed=0).fit(easy_survival_cohort(n=12), progress=False)
