@@ -49,3 +49,23 @@ def test_one_tiny_cell_end_to_end(tmp_path):
     # the controls reuse msrl's fit: they predict differently from it
     c = frame.set_index("model")["c_index"]
     assert c["msrl:label_only"] != c["msrl"]
+
+
+def test_model_params_route_each_family_its_settings(tmp_path):
+    bench = _module()
+    tier = dict(bench.TIERS["full"], msrl={"pretrain_epochs": 30, "embed_dim": 64}, abmil={"lr": 5e-5})
+    assert bench.model_params("abmil", tier, 3, None) == ("abmil", {**tier["budget"], "seed": 3, "lr": 5e-5})
+    name, msrl = bench.model_params("msrl", tier, 3, None)
+    assert name == "msrl" and msrl["embed_dim"] == 64 and "lr" not in msrl
+    # the pool's checkpoint carries stage 1: no stage-1 epochs are passed (they would be ignored with a warning)
+    name, pan = bench.model_params("msrl_pancancer", tier, 3, tmp_path / "pool.pt")
+    assert name == "msrl" and pan["pretrained"] == str(tmp_path / "pool.pt") and "pretrain_epochs" not in pan
+    # the paper's form keeps its own settings: only the shared budget and the seed
+    assert bench.model_params("msrl_paper", tier, 3, None)[1] == {**tier["budget"], "seed": 3}
+
+
+def test_report_seeds_are_fresh_and_abmil_setting_is_named():
+    bench = _module()
+    assert bench.TIERS["full"]["seeds"] == list(range(200, 210))  # fixed before any external run on them
+    assert not set(bench.TIERS["full"]["seeds"]) & (set(range(0, 5)) | set(range(100, 120)))
+    assert bench.TIERS["full"]["abmil"] == bench.TIERS["quick"]["abmil"] == bench.ABMIL_TUNED
