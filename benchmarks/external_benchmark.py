@@ -156,6 +156,34 @@ def run_cell(tier: dict[str, Any], signal: str, n_train: int, seed: int, methods
 
 
 # -- tables ------------------------------------------------------------------------------------------------
+#: the method issue's paired questions beyond "vs ABMIL": (model, against)
+CONTRASTS = [("msrl", "msrl:shuffled_buffer"), ("msrl", "msrl:label_only"), ("msrl_pancancer", "msrl_random_gsl"),
+             ("msrl", "msrl_random_gsl"), ("msrl_random_gsl", "msrl_knn_cosine"), ("msrl_multi", "fusion"),
+             ("msrl:shuffled_buffer", "abmil")]
+
+
+def paired_difference(wide: dict[str, pd.DataFrame], model: str, against: str) -> dict[str, float]:
+    """Per-seed paired ``model - against``: mean c-index difference, its SE (sd / sqrt(seeds)), Wilcoxon p,
+    and the mean Spearman difference; ``wide`` maps a metric to a (seed x model) frame."""
+    d = (wide["c_index"][model] - wide["c_index"][against]).dropna().to_numpy(float)
+    ds = (wide["spearman_eta"][model] - wide["spearman_eta"][against]).dropna().to_numpy(float)
+    return {"diff": float(d.mean()), "se": d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"),
+            "wilcoxon_p": stats.wilcoxon_p(d), "spearman_diff": float(ds.mean()),
+            "spearman_p": stats.wilcoxon_p(ds), "seeds": len(d)}
+
+
+def contrast_table(per_seed: pd.DataFrame, contrasts=CONTRASTS) -> pd.DataFrame:
+    """Per (signal, n_train): each contrast present in the results, paired over seeds."""
+    rows = []
+    for (signal, n_train), part in per_seed.groupby(["signal", "n_train"], sort=False):
+        wide = {m: part.pivot_table(index="seed", columns="model", values=m) for m in ("c_index", "spearman_eta")}
+        for model, against in contrasts:
+            if model in wide["c_index"] and against in wide["c_index"]:
+                rows.append({"signal": signal, "n_train": n_train, "contrast": f"{model} - {against}",
+                             **paired_difference(wide, model, against)})
+    return pd.DataFrame(rows)
+
+
 def paired_table(per_seed: pd.DataFrame, reference: str = "abmil") -> pd.DataFrame:
     """Per (signal, n_train, model): mean c-index and Spearman, and the per-seed paired difference vs the
     reference: mean, SE (sd / sqrt(seeds)), Wilcoxon p, the smallest difference the seeds resolve (80% power,
@@ -173,12 +201,10 @@ def paired_table(per_seed: pd.DataFrame, reference: str = "abmil") -> pd.DataFra
                    "spearman_eta": float(wide["spearman_eta"][model].mean()),
                    "seeds": int(wide["c_index"][model].count())}
             if ref is not None and model != reference:
-                d = (wide["c_index"][model] - ref).dropna().to_numpy(float)
-                se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-                ds = (wide["spearman_eta"][model] - wide["spearman_eta"][reference]).dropna().to_numpy(float)
-                row.update({"diff_vs_abmil": float(d.mean()), "se": se, "wilcoxon_p": stats.wilcoxon_p(d),
-                            "resolves": 2.8 * se, "spearman_diff": float(ds.mean()),
-                            "gap_recovered": (float(d.mean()) / gap if gap and abs(gap) > 1e-9
+                diff = paired_difference(wide, model, reference)
+                row.update({"diff_vs_abmil": diff["diff"], "se": diff["se"], "wilcoxon_p": diff["wilcoxon_p"],
+                            "resolves": 2.8 * diff["se"], "spearman_diff": diff["spearman_diff"],
+                            "gap_recovered": (diff["diff"] / gap if gap and abs(gap) > 1e-9
                                               and model.startswith("msrl") else float("nan"))})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -218,7 +244,12 @@ def run(tier_name: str, signals: list[str] | None = None, seeds: list[int] | Non
     table = paired_table(per_seed)
     write_csv(work / "per_seed.csv", per_seed)
     write_csv(work / "table.csv", table)
-    log("\n" + table.to_string(index=False, float_format=lambda v: f"{v:+.3f}" if abs(v) < 1 else f"{v:.3f}"))
+    fmt = (lambda v: f"{v:+.3f}" if abs(v) < 1 else f"{v:.3f}")  # noqa: E731
+    log("\n" + table.to_string(index=False, float_format=fmt))
+    contrasts = contrast_table(per_seed)
+    if len(contrasts):
+        write_csv(work / "contrasts.csv", contrasts)
+        log("\npaired contrasts (per seed):\n" + contrasts.to_string(index=False, float_format=fmt))
     return table
 
 

@@ -69,3 +69,21 @@ def test_report_seeds_are_fresh_and_abmil_setting_is_named():
     assert bench.TIERS["full"]["seeds"] == list(range(200, 210))  # fixed before any external run on them
     assert not set(bench.TIERS["full"]["seeds"]) & (set(range(0, 5)) | set(range(100, 120)))
     assert bench.TIERS["full"]["abmil"] == bench.TIERS["quick"]["abmil"] == bench.ABMIL_TUNED
+
+
+def test_contrast_table_pairs_the_method_issue_questions():
+    bench = _module()
+    rows = []
+    for seed in range(6):
+        for model, c in (("abmil", 0.60), ("msrl", 0.63 + 0.01 * seed), ("msrl:shuffled_buffer", 0.61),
+                         ("fusion", 0.70)):
+            rows.append({"signal": "B", "n_train": 200, "seed": seed, "model": model, "c_index": c,
+                         "spearman_eta": 2 * c})
+    table = bench.contrast_table(pd.DataFrame(rows)).set_index("contrast")
+    # only contrasts whose two models ran
+    assert set(table.index) == {"msrl - msrl:shuffled_buffer", "msrl:shuffled_buffer - abmil"}
+    row = table.loc["msrl - msrl:shuffled_buffer"]
+    d = 0.02 + 0.01 * np.arange(6)
+    assert row["diff"] == pytest.approx(d.mean()) and row["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(6))
+    assert row["spearman_diff"] == pytest.approx(2 * d.mean()) and row["seeds"] == 6
+    assert row["wilcoxon_p"] == pytest.approx(0.03125)  # 6 positive pairs: the smallest two-sided p
