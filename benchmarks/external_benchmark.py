@@ -7,7 +7,8 @@ risk with the true log-hazard eta. Paired differences vs ABMIL are per seed; the
 
 Methods (registered aggregators, post-fit controls and references):
 
-- ``abmil``, ``msrl``, ``msrl_paper``, ``msrl_multi``, ``fusion``, ``msrl_random_gsl``, ``msrl_knn_cosine``;
+- ``abmil``, ``msrl``, ``msrl_paper``, ``msrl_multi``, ``fusion``, ``msrl_random_gsl``, ``msrl_knn_cosine``
+  (``msrl_paper``: the paper's architecture and optimiser on the family's stage-1 epochs, for an equal budget);
 - ``msrl:shuffled_buffer`` (the fitted ``msrl``, buffer genomics deranged) and ``msrl:label_only`` (the fitted
   ``msrl``, buffer rows lending their cases' observed outcomes: ``aggregators/label_borrowing.py``);
 - ``msrl_pancancer``: ``msrl`` whose stage 1 is one checkpoint per (signal, seed), pre-trained on a pan-cancer pool
@@ -115,6 +116,9 @@ def model_params(name: str, tier: dict[str, Any], seed: int, pretrained: Path | 
     if name == "msrl_pancancer":  # stage 1 comes from the pool's checkpoint
         params["pretrained"] = str(pretrained)
         params.pop("pretrain_epochs", None)
+    if name == "msrl_paper" and "pretrain_epochs" in tier["msrl"]:
+        # equal budget (benchmark.md): the family's stage-1 epochs; the paper's architecture and optimiser stay
+        params["pretrain_epochs"] = tier["msrl"]["pretrain_epochs"]
     return base, params
 
 

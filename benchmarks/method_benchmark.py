@@ -23,8 +23,9 @@ Usage::
     python benchmarks/method_benchmark.py --tier full --grid efficiency --out bench_eff   # n_train 100/200/400
     python benchmarks/method_benchmark.py --tier small --default-only --out bench_small  # 120 cases, 10 seeds
     python benchmarks/method_benchmark.py --tier full --out bench   # every grid point, fresh seeds 100-109
-    python benchmarks/method_benchmark.py --tier real --methods abmil,msrl,msrl_label_only,fusion,genomics_cox \
-        --out bench_real    # real expression + real survival (SurvSet chop, DLBCL, DBCD, dataOvarian1)
+    python benchmarks/method_benchmark.py --tier real --seeds 200 --out bench_real \
+        --methods abmil,msrl,msrl_shuffled_buffer,msrl_label_only,fusion,genomics_cox
+                      # real expression + real survival (SurvSet chop, DLBCL, DBCD, dataOvarian1), one seed
     python benchmarks/method_benchmark.py --tier real_smoke --methods abmil,msrl,msrl_label_only,genomics_cox
     # train small, test big (external cohorts, pan-cancer pool, two signal models): external_benchmark.py
     python benchmarks/method_benchmark.py --tier full --default-only --out bench_default  # the closing table
@@ -74,6 +75,7 @@ ORDERINGS = [
     (">=", "msrl", "msrl_knn_cosine", "learned graph >= static kNN graph"),
     (">", "msrl", "msrl_shuffled_buffer", "shuffling the buffer's genomics hurts MSRL"),
     ("~", "msrl_shuffled_buffer", "abmil", "shuffled buffer drops MSRL to ABMIL level"),
+    (">", "msrl", "msrl_label_only", "the buffer lends more than its cases' observed outcomes"),
 ]
 
 #: named grids (``--grid NAME``) over one knob; n_cases with leave-one-of-4-sites-out folds gives n_train ~ 3/4

@@ -307,10 +307,12 @@ def test_benchmark_ordering_verdicts():
                                  ("msrl_knn_cosine", -0.08)):
                 rows.append({"model": model, "seed": seed, "fold": fold, "c_index": base + shift,
                              "spearman_eta": 0.05 * rng.normal() + (0.3 if model == "msrl" else 0.0)})
-    models = ["msrl", "msrl_knn_cosine", "abmil", "msrl_shuffled_buffer"]
+    rows += [{**row, "model": "msrl_label_only"} for row in rows if row["model"] == "msrl"]  # lends as much
+    models = ["msrl", "msrl_knn_cosine", "abmil", "msrl_shuffled_buffer", "msrl_label_only"]
     result = ComparisonResult("survival", models, "abmil", pd.DataFrame(rows), {}, {})
     verdicts = bench.check_orderings(result, rho=0.8, n_boot=500).set_index("ordering")["verdict"]
     assert verdicts["msrl > abmil"] == "held"
+    assert verdicts["msrl > msrl_label_only"] == "did not hold"  # lending outcomes as well is no genomic win
     assert verdicts["msrl >= msrl_knn_cosine"] == "held"
     assert verdicts["msrl_shuffled_buffer ~ abmil"] == "held"
     assert "oracle >= msrl_multi" not in verdicts  # methods that did not run are not judged

@@ -60,8 +60,10 @@ def test_model_params_route_each_family_its_settings(tmp_path):
     # the pool's checkpoint carries stage 1: no stage-1 epochs are passed (they would be ignored with a warning)
     name, pan = bench.model_params("msrl_pancancer", tier, 3, tmp_path / "pool.pt")
     assert name == "msrl" and pan["pretrained"] == str(tmp_path / "pool.pt") and "pretrain_epochs" not in pan
-    # the paper's form keeps its own settings: only the shared budget and the seed
-    assert bench.model_params("msrl_paper", tier, 3, None)[1] == {**tier["budget"], "seed": 3}
+    # the paper's form keeps its own architecture; only the budget is shared, stage-1 epochs included
+    paper = bench.model_params("msrl_paper", tier, 3, None)[1]
+    assert paper == {**tier["budget"], "seed": 3, "pretrain_epochs": 30}
+    assert bench.model_params("msrl_paper", dict(tier, msrl={}), 3, None)[1] == {**tier["budget"], "seed": 3}
 
 
 def test_report_seeds_are_fresh_and_abmil_setting_is_named():
