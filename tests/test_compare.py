@@ -296,6 +296,21 @@ def test_msrl_diagnostics_script_runs(capsys):
         assert line in out
 
 
+def test_gap_share_is_msrl_difference_over_fusion_difference():
+    bench = _benchmark_module("method_benchmark")
+    rows = [{"model": m, "seed": seed, "fold": k, "c_index": 0.55 + 0.01 * k + shift}
+            for seed in range(2) for k in range(3)
+            for m, shift in (("abmil", 0.0), ("fusion", 0.08), ("msrl", 0.06), ("msrl_shuffled_buffer", -0.02))]
+    result = ComparisonResult("survival", ["msrl", "fusion", "abmil", "msrl_shuffled_buffer"], "abmil",
+                              pd.DataFrame(rows), {}, {})
+    text = bench.gap_share_text(result)
+    assert "(+0.080 c_index)" in text and "msrl +0.75" in text and "msrl_shuffled_buffer -0.25" in text
+    assert "fusion +" not in text  # fusion sees genomics at test time: not a row that recovers anything
+    no_fusion = ComparisonResult("survival", ["msrl", "abmil"], "abmil",
+                                 pd.DataFrame([r for r in rows if r["model"] in ("msrl", "abmil")]), {}, {})
+    assert bench.gap_share_text(no_fusion) == ""
+
+
 def test_benchmark_ordering_verdicts():
     bench = _benchmark_module("method_benchmark")
     rng = np.random.default_rng(0)
