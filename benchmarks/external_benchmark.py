@@ -39,18 +39,16 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from method_benchmark import EXTERNAL, MSRL_FAMILY, genomics_cox, spearman_with_truth  # noqa: E402
 
-from msrl_plugin.aggregators.label_borrowing import lend_observed_outcomes  # noqa: E402
-from msrl_plugin.aggregators.msrl_fitted import shuffle_buffer_genomics  # noqa: E402
 from msrl_plugin.atomic import write_csv  # noqa: E402
 from msrl_plugin.evaluation import stats  # noqa: E402
 from msrl_plugin.evaluation.compare import score_predictions  # noqa: E402
+from msrl_plugin.evaluation.variants import variant_of  # noqa: E402
 from msrl_plugin.registry import create_aggregator  # noqa: E402
 from msrl_plugin.synth import CohortConfig, generate_cohort, generate_pancancer_pool, with_external  # noqa: E402
 
 SIGNALS: dict[str, dict[str, Any]] = {"A": {}, "B": {"signal_model": "abundance", "hazard_form": "quadratic"}}
 ORDER = ["oracle", "wsi_oracle", "fusion", "msrl_multi", "genomics_cox", "msrl", "msrl_pancancer", "msrl_paper",
          "msrl_random_gsl", "msrl_knn_cosine", "abmil", "msrl:shuffled_buffer", "msrl:label_only"]
-VARIANTS = {"msrl:shuffled_buffer": "msrl", "msrl:label_only": "msrl"}
 MSRL_QUICK = {"pretrain_epochs": 30, "embed_dim": 64}
 #: ABMIL's tuned setting: of its 3 configurations (lr 2e-4 default, 1e-3, 5e-5; MSRL's defaults had 3 too), the
 #: highest mean Spearman with eta over both signal models on the quick tier's tuning seeds 0-4 (0.173, 0.120, 0.171)
@@ -132,7 +130,7 @@ def run_cell(tier: dict[str, Any], signal: str, n_train: int, seed: int, methods
     log(f"  {signal} n_train={n_train} seed={seed}: external {len(test_ids)} cases (oracle "
         f"{synth.external.truth.oracle_cindex:.3f}, WSI oracle {synth.external.truth.wsi_oracle_cindex:.3f})")
     fitted, rows = {}, []
-    fit_names = list(dict.fromkeys([VARIANTS.get(m, m) for m in methods if m not in EXTERNAL]))
+    fit_names = list(dict.fromkeys([(variant_of(m) or (m,))[0] for m in methods if m not in EXTERNAL]))
     for name in fit_names:
         base, params = model_params(name, tier, seed, pretrained)
         start = time.perf_counter()
@@ -146,11 +144,10 @@ def run_cell(tier: dict[str, Any], signal: str, n_train: int, seed: int, methods
         elif name == "genomics_cox":
             pred, model, seconds = genomics_cox(train, test, seed), None, 0.0
         else:
-            model, seconds = fitted[VARIANTS.get(name, name)]
-            if name == "msrl:shuffled_buffer":
-                model = shuffle_buffer_genomics(model, seed)
-            elif name == "msrl:label_only":
-                model = lend_observed_outcomes(model, train)
+            variant = variant_of(name)
+            model, seconds = fitted[variant[0] if variant else name]
+            if variant:
+                model = variant[1](model, seed, train)
             pred = model.predict(test)
         metrics = score_predictions(train, test, pred, getattr(getattr(model, "task_", None), "edges", None))
         rows.append({"signal": signal, "n_train": n_train, "seed": seed, "model": name,

@@ -121,8 +121,8 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
         for control in borrowing_controls(models):  # the borrowing check: each fold's model, buffer shuffled
             base, shuffle = variant_of(control)
             log(f"{control}: the fitted {base} of each fold with its buffer's genomics shuffled")
-            predictions = {f.k: shuffle(Aggregator.load(sinks[base].checkpoint_path(f.k)), seed)
-                           .predict(cohort.subset(f.test)) for f in folds}
+            predictions = {f.k: shuffle(Aggregator.load(sinks[base].checkpoint_path(f.k)), seed,
+                                        cohort.subset(f.train)).predict(cohort.subset(f.test)) for f in folds}
             results[control] = CVResult(control, pd.DataFrame({"fold": [f.k for f in folds]}), predictions)
         comparison = from_cv_results(cohort, folds, results, seed, reference=models[0], fitted=fitted,
                                      config={"seeds": [seed], "n_folds": budget.k,
@@ -141,11 +141,11 @@ def run_demo(out: Path, models: list[str], budget: DemoBudget | None = None, see
         log("\n" + comparison.format())
         log(f"report: {report}")
     if synth.external is not None:
-        log("\n" + external_report(out, synth, models, folds, sinks, seed))
+        log("\n" + external_report(out, synth, cohort, models, folds, sinks, seed))
     return results
 
 
-def external_report(out: Path, synth, models: list[str], folds, sinks: dict, seed: int) -> str:
+def external_report(out: Path, synth, cohort, models: list[str], folds, sinks: dict, seed: int) -> str:
     """Every fold model (and its shuffled-buffer control) scored on the generated external set, written to
     ``<out>/external.csv``: the verdict the folds' few test cases cannot give."""
     from .aggregators.base import Aggregator
@@ -159,7 +159,8 @@ def external_report(out: Path, synth, models: list[str], folds, sinks: dict, see
     pairs = [(m, models[0]) for m in models[1:]]
     for control in borrowing_controls(models):
         base, shuffle = variant_of(control)
-        risks[control] = fold_averaged_risk([shuffle(model, seed) for model in fold_models[base]], external)
+        risks[control] = fold_averaged_risk([shuffle(model, seed, cohort.subset(f.train))
+                                             for model, f in zip(fold_models[base], folds)], external)
         pairs.append((base, control))
     table = external_scores(risks, external, pairs, synth.external.truth.eta, seed=seed)
     write_csv(out / "external.csv", table, index=True)

@@ -86,3 +86,23 @@ def test_classification_and_models_without_a_lent_risk():
     paper = create_aggregator("msrl_paper", **{**TINY, "genomic_teacher_steps": 0}).fit(train)
     with pytest.raises(MSRLPluginError, match="lends none"):
         lend_observed_outcomes(paper, train)
+
+
+def test_compare_pairs_the_label_only_control_with_msrl_own_fit():
+    """In ``compare``, ``msrl_label_only`` (alias of ``msrl:label_only``) is the same fit as ``msrl``, transformed:
+    one fit, and its predictions are the transform's."""
+    from msrl_plugin.evaluation.compare import compare_models
+    from msrl_plugin.evaluation.splits import Fold
+
+    cohort = easy_survival_cohort(n=60, dim=8, genomics_dim=6, seed=1)
+    fold = Fold(k=0, train=list(cohort.case_ids[:44]), test=list(cohort.case_ids[44:]))
+    fits = []
+    result = compare_models(cohort, ["msrl", "msrl_label_only"], [fold], [0], reference="msrl",
+                            params={"msrl": {k: v for k, v in TINY.items() if k != "seed"}},
+                            budget={"max_epochs": 2}, n_boot=50, log=lambda _m: None, borrowing_check=False,
+                            epoch_log=lambda name, *_: fits.append(name))
+    assert fits == ["msrl"]
+    model, train = result.examples["msrl"].model, cohort.subset(fold.train)
+    expected = lend_observed_outcomes(model, train).predict(cohort.subset(fold.test))["risk"].to_numpy()
+    got = result.predictions[("msrl_label_only", 0)].loc[fold.test, "risk"].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

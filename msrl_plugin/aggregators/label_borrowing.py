@@ -12,7 +12,8 @@ the one-hot label) and r_L is a linear map to the task's logits fitted by the ta
 own outcomes, as r_G was. If MSRL does no better than this, what it borrows is labels, not genomics.
 
 Two ways in (both the same transform): :func:`lend_observed_outcomes` on a fitted MSRL (a copy, paired with the
-same fit, as the benchmark uses it), or the registered ``msrl_label_only`` (MSRL's fit, then the transform).
+same fit: ``msrl:label_only``, alias ``msrl_label_only``, in ``compare`` and the benchmarks), or the registered
+``msrl_label_only`` for ``train`` (MSRL's fit, then the transform).
 """
 from __future__ import annotations
 

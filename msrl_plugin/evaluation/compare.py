@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from ..aggregators.base import Aggregator
-from ..aggregators.msrl_fitted import shuffle_buffer_genomics
 from ..atomic import write_csv, write_json
 from ..cohort import SURVIVAL, Cohort
 from ..errors import MSRLPluginError
@@ -34,7 +33,7 @@ from . import stats
 from .crossval import SELECTION_RULE, check_pool_overlap
 from .metrics import concordance_index, fold_survival_metrics
 from .splits import Fold, kfold_splits
-from .variants import borrowing_controls, variant_of
+from .variants import borrowing_controls, shuffled_buffer, variant_of
 
 DEFAULT_BUDGET: dict[str, Any] = {"max_epochs": 20}
 PRIMARY = {"survival": "c_index", "classification": "auc"}
@@ -127,7 +126,7 @@ class ComparisonResult:
         rows = []
         for control in self.models:
             variant = variant_of(control)
-            if variant is None or variant[1] is not shuffle_buffer_genomics or variant[0] not in self.models:
+            if variant is None or variant[1] is not shuffled_buffer or variant[0] not in self.models:
                 continue
             model = variant[0]
             diffs = stats.paired_differences(self.per_fold[self.per_fold["model"].isin([model, control])],
@@ -360,7 +359,7 @@ def compare_models(cohort: Cohort, models: list[str], folds: int | list[Fold], s
                 outputs[name] = (model.predict(test), getattr(model.task_, "edges", None), seconds, model)
                 histories.append(_tagged_history(model.training_history(), name, seed, fold.k))
             for name, (base, transform) in variants.items():
-                variant = transform(outputs[base][3], seed)
+                variant = transform(outputs[base][3], seed, train)
                 outputs[name] = (variant.predict(test), outputs[base][1], 0.0, variant)
             for name, fn in external.items():
                 start = time.perf_counter()
