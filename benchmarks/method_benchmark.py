@@ -324,16 +324,21 @@ def resolution_text(result: ComparisonResult, metric: str = "c_index") -> str:
 
 def gap_share_text(result: ComparisonResult, metric: str = "c_index") -> str:
     """The share of the reference-to-fusion gap each WSI-only MSRL row recovers (mean paired difference over
-    fusion's; the paper reports ~70%); empty when fusion did not run. Meaningless where the gap is near zero."""
+    fusion's; the paper reports ~70%); empty when fusion did not run. No share where the gap is not at least
+    2 standard errors above zero: a ratio over a gap lost in noise means nothing."""
     if "fusion" not in result.models or result.reference == "fusion":
         return ""
     diffs = stats.paired_differences(result.per_fold, result.reference, metric)
     means = diffs.groupby("model")["diff"].mean()
-    gap = float(means["fusion"])
+    gap_diffs = diffs.loc[diffs["model"] == "fusion", "diff"].to_numpy(float)
+    gap = float(gap_diffs.mean())
+    se = float(gap_diffs.std(ddof=1) / np.sqrt(gap_diffs.size)) if gap_diffs.size > 1 else float("inf")
+    head = f"share of the {result.reference}-to-fusion gap ({gap:+.3f} {metric}, SE {se:.3f})"
+    if not gap > 2 * se:
+        return f"{head}: no share reported, the gap is not 2 SE above zero"
     shares = [f"{m} {means[m] / gap:+.2f}" for m in result.models if m.startswith("msrl") and m in means
               and wsi_only(m)]
-    return (f"share of the {result.reference}-to-fusion gap ({gap:+.3f} {metric}) recovered: "
-            + ", ".join(shares))
+    return f"{head} recovered: " + ", ".join(shares)
 
 
 def grid_slug(knobs: dict[str, Any]) -> str:

@@ -304,11 +304,15 @@ def test_gap_share_is_msrl_difference_over_fusion_difference():
     result = ComparisonResult("survival", ["msrl", "fusion", "abmil", "msrl_shuffled_buffer"], "abmil",
                               pd.DataFrame(rows), {}, {})
     text = bench.gap_share_text(result)
-    assert "(+0.080 c_index)" in text and "msrl +0.75" in text and "msrl_shuffled_buffer -0.25" in text
+    assert "(+0.080 c_index, SE 0.000)" in text and "msrl +0.75" in text and "msrl_shuffled_buffer -0.25" in text
     assert "fusion +" not in text  # fusion sees genomics at test time: not a row that recovers anything
     no_fusion = ComparisonResult("survival", ["msrl", "abmil"], "abmil",
                                  pd.DataFrame([r for r in rows if r["model"] in ("msrl", "abmil")]), {}, {})
     assert bench.gap_share_text(no_fusion) == ""
+    noisy = pd.DataFrame([{**r, "c_index": r["c_index"] - 0.08 + (0.07 if r["fold"] == 0 else -0.03)}
+                          if r["model"] == "fusion" else r for r in rows])  # fusion ahead by +0.003, SE 0.02
+    result.per_fold = noisy
+    assert bench.gap_share_text(result).endswith("no share reported, the gap is not 2 SE above zero")
 
 
 def test_benchmark_ordering_verdicts():
