@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -168,7 +167,7 @@ def paired_difference(wide: dict[str, pd.DataFrame], model: str, against: str) -
     and the mean Spearman difference; ``wide`` maps a metric to a (seed x model) frame."""
     d = (wide["c_index"][model] - wide["c_index"][against]).dropna().to_numpy(float)
     ds = (wide["spearman_eta"][model] - wide["spearman_eta"][against]).dropna().to_numpy(float)
-    return {"diff": float(d.mean()), "se": d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"),
+    return {"diff": float(d.mean()), "se": stats.standard_error(d),
             "wilcoxon_p": stats.wilcoxon_p(d), "spearman_diff": float(ds.mean()),
             "spearman_p": stats.wilcoxon_p(ds), "seeds": len(d)}
 

@@ -279,7 +279,7 @@ def check_orderings(result: ComparisonResult, rho: float, n_boot: int,
             if not wsi_only(model):
                 continue
             v = per_fold.loc[per_fold["model"] == model, metric].to_numpy(float)
-            se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+            se = stats.standard_error(v)
             ok = abs(v.mean() - chance) <= 2 * se if np.isfinite(se) else False
             rows.append({"ordering": f"{model} ~ {chance:g} at rho=0", "tests": "no leakage (negative control)",
                          "mean_diff": float(v.mean() - chance), "ci_low": float(v.mean() - 2 * se - chance),
@@ -317,7 +317,7 @@ def resolution_text(result: ComparisonResult, metric: str = "c_index") -> str:
     lines = [f"resolution ({metric}, paired over seed x fold vs {result.reference}):"]
     for model, part in diffs.groupby("model", sort=False):
         d = part["diff"].to_numpy(float)
-        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        se = stats.standard_error(d)
         lines.append(f"  {model:<22} {len(d):3d} pairs, mean {d.mean():+.3f}, SE {se:.3f}, resolves ~{2.8 * se:.3f}")
     return "\n".join(lines)
 
@@ -330,11 +330,10 @@ def gap_share_text(result: ComparisonResult, metric: str = "c_index") -> str:
         return ""
     diffs = stats.paired_differences(result.per_fold, result.reference, metric)
     means = diffs.groupby("model")["diff"].mean()
-    gap_diffs = diffs.loc[diffs["model"] == "fusion", "diff"].to_numpy(float)
-    gap = float(gap_diffs.mean())
-    se = float(gap_diffs.std(ddof=1) / np.sqrt(gap_diffs.size)) if gap_diffs.size > 1 else float("inf")
+    gap = float(means["fusion"])
+    se = stats.standard_error(diffs.loc[diffs["model"] == "fusion", "diff"])
     head = f"share of the {result.reference}-to-fusion gap ({gap:+.3f} {metric}, SE {se:.3f})"
-    if not gap > 2 * se:
+    if not gap > 2 * se:  # also when the SE is undefined (one pair)
         return f"{head}: no share reported, the gap is not 2 SE above zero"
     shares = [f"{m} {means[m] / gap:+.2f}" for m in result.models if m.startswith("msrl") and m in means
               and wsi_only(m)]

@@ -100,3 +100,11 @@ def test_too_few_pairs_note_matches_the_exact_wilcoxon_floor():
         assert min_wilcoxon_p(n) == pytest.approx(sps.wilcoxon(np.arange(1.0, n + 1)).pvalue)
     assert "2/2^5 = 0.0625" in too_few_pairs_note(5)
     assert too_few_pairs_note(6) is None
+
+
+def test_standard_error_matches_scipy():
+    from scipy.stats import sem
+
+    v = np.array([0.01, -0.02, 0.03, 0.005, 0.0])
+    assert stats.standard_error(v) == pytest.approx(sem(v))
+    assert np.isnan(stats.standard_error([0.1])) and np.isnan(stats.standard_error([]))

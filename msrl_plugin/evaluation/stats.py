@@ -135,6 +135,12 @@ def format_mean_sd(mean: float, sd: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if not np.isfinite(sd) else f"{mean:.{digits}f} +- {sd:.{digits}f}"
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean, sd (ddof 1) / sqrt(n); NaN with fewer than two values."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+
+
 def min_wilcoxon_p(n_pairs: int) -> float:
     """The smallest two-sided p an exact Wilcoxon signed-rank test can give with ``n_pairs`` pairs: 2 / 2^n
     (every difference of one sign)."""
