@@ -36,13 +36,13 @@ from typing import Any
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_benchmark import EXTERNAL, MSRL_FAMILY, genomics_cox, spearman_with_truth  # noqa: E402
+from method_benchmark import EXTERNAL, MSRL_FAMILY, REPRODUCIBLE, genomics_cox, spearman_with_truth  # noqa: E402
 
 from msrl_plugin.atomic import write_csv  # noqa: E402
 from msrl_plugin.evaluation import stats  # noqa: E402
 from msrl_plugin.evaluation.compare import score_predictions  # noqa: E402
 from msrl_plugin.evaluation.variants import variant_of  # noqa: E402
-from msrl_plugin.registry import create_aggregator  # noqa: E402
+from msrl_plugin.registry import create_aggregator, get_aggregator_class  # noqa: E402
 from msrl_plugin.synth import CohortConfig, generate_cohort, generate_pancancer_pool, with_external  # noqa: E402
 
 SIGNALS: dict[str, dict[str, Any]] = {"A": {}, "B": {"signal_model": "abundance", "hazard_form": "quadratic"}}
@@ -92,7 +92,7 @@ def pool_checkpoint(tier: dict[str, Any], signal: str, seed: int, folder: Path, 
     config = tier["base"](**{**SIGNALS[signal], "n_cases": tier["pool_reference_n"]})
     start = time.perf_counter()
     pool = generate_pancancer_pool(config, seed, **tier["pool"])
-    model = create_aggregator("msrl", **{**tier["budget"], **tier["msrl"], "seed": seed})
+    model = create_aggregator("msrl", **{**REPRODUCIBLE, **tier["budget"], **tier["msrl"], "seed": seed})
     # as `msrl-plugin pretrain` does: every pool case, no labels, the pool's scaler kept for fine-tuning
     pre = model.pretrain_pool(pool.to_cohort(), score_holdout=0.0)
     save_pretrained(path, pre, model.feature_dim_, model.genomics_columns_, pool.case_ids, model.get_params(),
@@ -105,7 +105,8 @@ def pool_checkpoint(tier: dict[str, Any], signal: str, seed: int, folder: Path, 
 def model_params(name: str, tier: dict[str, Any], seed: int, pretrained: Path | None) -> tuple[str, dict]:
     """(registered name, keywords): the shared budget, the MSRL family's settings, the seed."""
     base = "msrl" if name == "msrl_pancancer" else name
-    params = {**tier["budget"], "seed": seed}
+    accepted = set(get_aggregator_class(base)._get_param_names())
+    params = {**{k: v for k, v in REPRODUCIBLE.items() if k in accepted}, **tier["budget"], "seed": seed}
     if base in MSRL_FAMILY:
         params.update(tier["msrl"])
     elif base == "abmil":

@@ -40,6 +40,7 @@ every other setting is the model's default, identical across grid points.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -77,6 +78,10 @@ ORDERINGS = [
     ("~", "msrl_shuffled_buffer", "abmil", "shuffled buffer drops MSRL to ABMIL level"),
     (">", "msrl", "msrl_label_only", "the buffer lends more than its cases' observed outcomes"),
 ]
+
+#: [B] every model that takes ``precision`` trains in fp32, so a table does not depend on the CPU's bf16 support or
+#: on a timing probe under load (``precision="auto"``, the library default); ``--budget precision=auto`` restores it
+REPRODUCIBLE = {"precision": "fp32"}
 
 #: named grids (``--grid NAME``) over one knob; n_cases with leave-one-of-4-sites-out folds gives n_train ~ 3/4
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -341,7 +346,20 @@ def gap_share_text(result: ComparisonResult, metric: str = "c_index") -> str:
 
 
 def grid_slug(knobs: dict[str, Any]) -> str:
-    return "_".join(f"{k}-{v}" for k, v in sorted(knobs.items())) or "default"
+    """A folder name for one grid point, safe on every file system (``survset:chop`` -> ``survset-chop``),
+    so result folders can be committed."""
+    slug = "_".join(f"{k}-{v}" for k, v in sorted(knobs.items())) or "default"
+    return re.sub(r"[^A-Za-z0-9._=-]", "-", slug)
+
+
+def tier_settings(tier_name: str, budget: dict[str, Any] | None = None, msrl: dict[str, Any] | None = None,
+                  abmil: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The tier with the command line's overrides on top (and fp32 unless the budget names a precision)."""
+    tier = dict(TIERS[tier_name])
+    tier["budget"] = {**REPRODUCIBLE, **tier["budget"], **(budget or {})}
+    tier["msrl"] = {**tier["msrl"], **(msrl or {})}
+    tier["abmil"] = {**tier.get("abmil", {}), **(abmil or {})}
+    return tier
 
 
 def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | None = None,
@@ -350,10 +368,7 @@ def run(tier_name: str, seeds: list[int] | None = None, methods: list[str] | Non
         abmil: dict[str, Any] | None = None) -> dict[str, Any]:
     """``budget`` overrides the tier's shared training budget (every registered model); ``msrl`` the MSRL
     family's own settings; ``abmil`` ABMIL's (its tuned configuration, ``tune_equal_budget.py``)."""
-    tier = dict(TIERS[tier_name])
-    tier["budget"] = {**tier["budget"], **(budget or {})}
-    tier["msrl"] = {**tier["msrl"], **(msrl or {})}
-    tier["abmil"] = {**tier.get("abmil", {}), **(abmil or {})}
+    tier = tier_settings(tier_name, budget, msrl, abmil)
     seeds = list(tier["seeds"] if seeds is None else seeds)
     grid = tier["grid"] if grid is None else grid
     methods = available_methods(methods or ORDER, log)

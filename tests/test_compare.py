@@ -288,6 +288,28 @@ def test_benchmark_reads_back_finished_seeds_without_abmil(tmp_path):
     assert "msrl > msrl_shuffled_buffer" in set(bench.check_orderings(result, rho=0.8, n_boot=200)["ordering"])
 
 
+def test_grid_slug_is_a_portable_folder_name():
+    """Result folders are committed: no ':' (SurvSet sources) or other characters a checkout may refuse."""
+    bench = _benchmark_module("method_benchmark")
+    slug = bench.grid_slug({"outcome": "real", "genomics_source": "survset:chop", "n_cases": 414})
+    assert slug == "genomics_source-survset-chop_n_cases-414_outcome-real"
+    assert bench.grid_slug({}) == "default"
+    for knobs in bench.TIERS["real"]["grid"]:
+        assert re.fullmatch(r"[A-Za-z0-9._=-]+", bench.grid_slug(knobs))
+
+
+def test_benchmark_tiers_train_in_fp32_unless_asked():
+    bench = _benchmark_module("method_benchmark")
+    for name in bench.TIERS:
+        assert bench.tier_settings(name)["budget"]["precision"] == "fp32"
+    tier = bench.tier_settings("real", budget={"precision": "auto"}, msrl={"k": 5})
+    assert tier["budget"]["precision"] == "auto" and tier["msrl"]["k"] == 5
+    assert "precision" not in bench.TIERS["real"]["budget"]  # the tier table itself is left as it was
+    params = resolve_params(["abmil", "fusion"], None, bench.tier_settings("real")["budget"])
+    assert params["abmil"]["precision"] == "fp32" and params["abmil"]["max_epochs"] == 20
+    assert "precision" not in params["fusion"]  # fusion has no such setting
+
+
 def test_msrl_diagnostics_script_runs(capsys):
     diagnostics = _benchmark_module("msrl_diagnostics")
     assert diagnostics.main(["--cases", "60", "--param", "pretrain_epochs=1", "--param", "max_epochs=1"]) == 0

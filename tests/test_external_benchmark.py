@@ -54,7 +54,8 @@ def test_one_tiny_cell_end_to_end(tmp_path):
 def test_model_params_route_each_family_its_settings(tmp_path):
     bench = _module()
     tier = dict(bench.TIERS["full"], msrl={"pretrain_epochs": 30, "embed_dim": 64}, abmil={"lr": 5e-5})
-    assert bench.model_params("abmil", tier, 3, None) == ("abmil", {**tier["budget"], "seed": 3, "lr": 5e-5})
+    fp32 = {"precision": "fp32"}  # pinned: the tables must not depend on the CPU's bf16 support
+    assert bench.model_params("abmil", tier, 3, None) == ("abmil", {**fp32, **tier["budget"], "seed": 3, "lr": 5e-5})
     name, msrl = bench.model_params("msrl", tier, 3, None)
     assert name == "msrl" and msrl["embed_dim"] == 64 and "lr" not in msrl
     # the pool's checkpoint carries stage 1: no stage-1 epochs are passed (they would be ignored with a warning)
@@ -62,8 +63,10 @@ def test_model_params_route_each_family_its_settings(tmp_path):
     assert name == "msrl" and pan["pretrained"] == str(tmp_path / "pool.pt") and "pretrain_epochs" not in pan
     # the paper's form keeps its own architecture; only the budget is shared, stage-1 epochs included
     paper = bench.model_params("msrl_paper", tier, 3, None)[1]
-    assert paper == {**tier["budget"], "seed": 3, "pretrain_epochs": 30}
-    assert bench.model_params("msrl_paper", dict(tier, msrl={}), 3, None)[1] == {**tier["budget"], "seed": 3}
+    assert paper == {**fp32, **tier["budget"], "seed": 3, "pretrain_epochs": 30}
+    assert bench.model_params("msrl_paper", dict(tier, msrl={}), 3, None)[1] == {**fp32, **tier["budget"], "seed": 3}
+    assert "precision" not in bench.model_params("fusion", tier, 3, None)[1]  # fusion has no such setting
+    assert bench.model_params("msrl", dict(tier, msrl={"precision": "auto"}), 3, None)[1]["precision"] == "auto"
 
 
 def test_report_seeds_are_fresh_and_abmil_setting_is_named():
