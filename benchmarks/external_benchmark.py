@@ -40,9 +40,9 @@ from method_benchmark import EXTERNAL, MSRL_FAMILY, REPRODUCIBLE, genomics_cox, 
 
 from msrl_plugin.atomic import write_csv  # noqa: E402
 from msrl_plugin.evaluation import stats  # noqa: E402
-from msrl_plugin.evaluation.compare import score_predictions  # noqa: E402
+from msrl_plugin.evaluation.compare import resolve_params, score_predictions  # noqa: E402
 from msrl_plugin.evaluation.variants import variant_of  # noqa: E402
-from msrl_plugin.registry import create_aggregator, get_aggregator_class  # noqa: E402
+from msrl_plugin.registry import create_aggregator  # noqa: E402
 from msrl_plugin.synth import CohortConfig, generate_cohort, generate_pancancer_pool, with_external  # noqa: E402
 
 SIGNALS: dict[str, dict[str, Any]] = {"A": {}, "B": {"signal_model": "abundance", "hazard_form": "quadratic"}}
@@ -105,8 +105,8 @@ def pool_checkpoint(tier: dict[str, Any], signal: str, seed: int, folder: Path, 
 def model_params(name: str, tier: dict[str, Any], seed: int, pretrained: Path | None) -> tuple[str, dict]:
     """(registered name, keywords): the shared budget, the MSRL family's settings, the seed."""
     base = "msrl" if name == "msrl_pancancer" else name
-    accepted = set(get_aggregator_class(base)._get_param_names())
-    params = {**{k: v for k, v in REPRODUCIBLE.items() if k in accepted}, **tier["budget"], "seed": seed}
+    # the budget keys the model takes, as compare's runs get them (fusion has no ``precision``)
+    params = {**resolve_params([base], None, {**REPRODUCIBLE, **tier["budget"]})[base], "seed": seed}
     if base in MSRL_FAMILY:
         params.update(tier["msrl"])
     elif base == "abmil":
