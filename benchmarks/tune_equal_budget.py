@@ -9,6 +9,8 @@ true log-hazard (``spearman_eta``, far less noisy on small folds); MSRL-family f
 buffer's genomics shuffled (the borrowing control). The winner per model is chosen by one rule stated before
 looking: the highest mean ``spearman_eta`` over the tuning seeds. The winners are then run on the report seeds
 by ``method_benchmark.py`` (``--budget`` / ``--msrl-param``, or as extra rows), never re-tuned there.
+Every fit trains in fp32, as the benchmark's do (the tunings recorded in ``benchmarks/README.md`` ran earlier,
+under ``precision=auto``).
 
 Run: ``python benchmarks/tune_equal_budget.py --tier quick --out tune_quick`` (seeds may be split across two
 processes with ``--seeds 0,2,4`` / ``--seeds 1,3`` and separate ``--out`` folders).
@@ -27,7 +29,7 @@ from msrl_plugin.atomic import write_csv
 from msrl_plugin.synth import generate_cohort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_benchmark import MSRL_FAMILY, TIERS, spearman_with_truth  # noqa: E402
+from method_benchmark import MSRL_FAMILY, TIERS, spearman_with_truth, tier_settings  # noqa: E402
 
 GRID_SIZE = 3
 #: per model: the shipped defaults, then two alternatives (learning rate, and one structural setting)
@@ -44,7 +46,7 @@ def score(fitted, test, eta: pd.Series) -> dict[str, float]:
 
 
 def tune(tier_name: str, seeds: list[int], models: list[str], out: Path | None, log=print) -> pd.DataFrame:
-    tier = TIERS[tier_name]
+    tier = tier_settings(tier_name)  # fp32, as the benchmark's runs train
     rows = []
     for seed in seeds:
         synth = generate_cohort(tier["base"](), seed)

@@ -310,6 +310,28 @@ def test_benchmark_tiers_train_in_fp32_unless_asked():
     assert "precision" not in params["fusion"]  # fusion has no such setting
 
 
+def test_equal_budget_tuning_trains_in_fp32(monkeypatch):
+    tuning = _benchmark_module("tune_equal_budget")
+    seen = []
+
+    class Recorder:
+        def __init__(self, name, **params):
+            seen.append((name, params))
+
+        def fit(self, cohort, progress=True):
+            return self
+
+        def with_shuffled_buffer(self, seed):
+            return self
+
+    monkeypatch.setattr(tuning, "create_aggregator", Recorder)
+    monkeypatch.setattr(tuning, "score", lambda fitted, test, eta: {"c_index": 0.5, "spearman_eta": 0.0})
+    rows = tuning.tune("test", [0], ["abmil", "msrl"], None, log=lambda line: None)
+    assert len(seen) == len(rows) == 2 * tuning.GRID_SIZE * rows["fold"].nunique()
+    assert all(params["precision"] == "fp32" for _, params in seen)
+    assert {params.get("lr") for name, params in seen if name == "abmil"} >= {1e-3, 5e-5}
+
+
 def test_msrl_diagnostics_script_runs(capsys):
     diagnostics = _benchmark_module("msrl_diagnostics")
     assert diagnostics.main(["--cases", "60", "--param", "pretrain_epochs=1", "--param", "max_epochs=1"]) == 0
