@@ -92,7 +92,8 @@ def pool_checkpoint(tier: dict[str, Any], signal: str, seed: int, folder: Path, 
     config = tier["base"](**{**SIGNALS[signal], "n_cases": tier["pool_reference_n"]})
     start = time.perf_counter()
     pool = generate_pancancer_pool(config, seed, **tier["pool"])
-    model = create_aggregator("msrl", **{**REPRODUCIBLE, **tier["budget"], **tier["msrl"], "seed": seed})
+    name, params = model_params("msrl", tier, seed, None)  # the keywords every msrl fit of the cell gets
+    model = create_aggregator(name, **params)
     # as `msrl-plugin pretrain` does: every pool case, no labels, the pool's scaler kept for fine-tuning
     pre = model.pretrain_pool(pool.to_cohort(), score_holdout=0.0)
     save_pretrained(path, pre, model.feature_dim_, model.genomics_columns_, pool.case_ids, model.get_params(),
