@@ -14,7 +14,7 @@ import h5py
 import pandas as pd
 import pytest
 import torch
-from test_bad_inputs import FAST, assert_one_error, make_files, run_cli, train_args
+from _bad_input_kit import FAST, assert_one_error, make_files, run_cli, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
