@@ -119,3 +119,11 @@ def _single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def files(tmp_path: Path):
+    """A tiny TRIDENT-like cohort on disk for the CLI's bad-input tests (``_bad_input_kit.make_files``)."""
+    from _bad_input_kit import make_files
+
+    return make_files(tmp_path)

@@ -15,7 +15,6 @@ import pytest
 import torch
 from _bad_input_kit import (
     DIM,
-    Files,
     assert_nothing_half_written,
     assert_one_error,
     make_files,
@@ -30,11 +29,6 @@ from msrl_plugin.aggregators.abmil import ABMILAggregator
 from msrl_plugin.aggregators.base import Aggregator
 from msrl_plugin.errors import BadInputError, CheckpointError, MSRLPluginError
 from msrl_plugin.registry import create_aggregator
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    return make_files(tmp_path)
 
 
 # -- folds ---------------------------------------------------------------------------------------------

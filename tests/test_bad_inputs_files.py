@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 from _bad_input_kit import (
     DIM,
-    Files,
     assert_nothing_half_written,
     assert_one_error,
     make_files,
@@ -27,11 +26,6 @@ from _bad_input_kit import (
     train_works,
 )
 from conftest import grid_coords, write_coords_only, write_trident
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    return make_files(tmp_path)
 
 
 # -- paths -------------------------------------------------------------------------------------------
@@ -187,22 +181,15 @@ def test_bag_without_clinical_row_is_ignored_with_a_warning(capsys, files):
     assert len(result_cases(files)) == 20
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "", "soon"])
-def test_bad_survival_time(capsys, files, value):
+@pytest.mark.parametrize("column, value, says", [
+    *[("survival_months", v, "survival time") for v in ["0", "-3", "", "soon"]],
+    *[("censorship", v, "not 0 or 1") for v in ["2", "-1", "0.5", "yes", ""]],
+])
+def test_bad_survival_time_or_censorship(capsys, files, column, value, says):
     table = files.cases()
-    table.loc[6, "survival_months"] = value
+    table.loc[6, column] = value
     files.write_cases(table)
-    train_fails(capsys, files, contains=(str(files.clinical), "data row 7 (line 8)", "'survival_months'",
-                                         "survival time"))
-
-
-@pytest.mark.parametrize("value", ["2", "-1", "0.5", "yes", ""])
-def test_censorship_outside_0_1(capsys, files, value):
-    table = files.cases()
-    table.loc[6, "censorship"] = value
-    files.write_cases(table)
-    train_fails(capsys, files, contains=(str(files.clinical), "data row 7 (line 8)", "'censorship'",
-                                         "not 0 or 1"))
+    train_fails(capsys, files, contains=(str(files.clinical), "data row 7 (line 8)", f"'{column}'", says))
 
 
 def test_event_column_outside_0_1(capsys, files):

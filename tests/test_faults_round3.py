@@ -14,14 +14,9 @@ import h5py
 import pandas as pd
 import pytest
 import torch
-from _bad_input_kit import FAST, assert_one_error, make_files, run_cli, train_args
+from _bad_input_kit import FAST, assert_one_error, run_cli, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def files(tmp_path: Path):
-    return make_files(tmp_path)
 
 
 def _ok(run):

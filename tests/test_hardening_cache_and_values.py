@@ -23,11 +23,6 @@ from _bad_input_kit import (
 from msrl_plugin.adapters.cache_folder import HEADER, MARKER, SUBFOLDER
 
 
-@pytest.fixture
-def files(tmp_path: Path):
-    return make_files(tmp_path)
-
-
 # -- 1. a shared --cache-dir ------------------------------------------------------------------------
 def _planted_index(cache: Path, data_file: str) -> None:
     cache.mkdir(parents=True, exist_ok=True)

@@ -14,17 +14,11 @@ import pytest
 from _bad_input_kit import (
     assert_nothing_half_written,
     assert_one_error,
-    make_files,
     run_cli,
     train_args,
     train_works,
     trained_folder,
 )
-
-
-@pytest.fixture
-def files(tmp_path: Path):
-    return make_files(tmp_path)
 
 
 # -- 3. disk full, killed runs, file modes ------------------------------------------------------------
