@@ -121,13 +121,19 @@ def model_params(name: str, tier: dict[str, Any], seed: int, pretrained: Path | 
     return base, params
 
 
-def run_cell(tier: dict[str, Any], signal: str, n_train: int, seed: int, methods: list[str],
-             pretrained: Path | None, log=print) -> pd.DataFrame:
+def cell_cohorts(tier: dict[str, Any], signal: str, n_train: int, seed: int):
+    """The cell's data: (generated cohort, training + external together, training cohort, external cohort)."""
     config = tier["base"](**{**SIGNALS[signal], "n_cases": n_train, "n_external": tier["n_external"]})
     synth = generate_cohort(config, seed)
     both, train_ids, test_ids = with_external(synth)
     cohort = both.to_cohort()
-    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
+    return synth, both, cohort.subset(train_ids), cohort.subset(test_ids)
+
+
+def run_cell(tier: dict[str, Any], signal: str, n_train: int, seed: int, methods: list[str],
+             pretrained: Path | None, log=print) -> pd.DataFrame:
+    synth, both, train, test = cell_cohorts(tier, signal, n_train, seed)
+    test_ids = test.case_ids
     log(f"  {signal} n_train={n_train} seed={seed}: external {len(test_ids)} cases (oracle "
         f"{synth.external.truth.oracle_cindex:.3f}, WSI oracle {synth.external.truth.wsi_oracle_cindex:.3f})")
     fitted, rows = {}, []

@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from external_benchmark import SIGNALS, TIERS, model_params  # noqa: E402
+from external_benchmark import TIERS, cell_cohorts, model_params  # noqa: E402
 
 from msrl_plugin.evaluation.external import external_scores  # noqa: E402
 from msrl_plugin.registry import create_aggregator  # noqa: E402
-from msrl_plugin.synth import generate_cohort, with_external  # noqa: E402
 
 PAIR = ("msrl", "abmil")
 
@@ -31,10 +30,7 @@ PAIR = ("msrl", "abmil")
 def cell_noise(signal: str, n_train: int, seed: int, n_boot: int = 300, tier_name: str = "full") -> dict[str, float]:
     """One cell refitted: the paired c-index difference and the SE of it over the external cases."""
     tier = TIERS[tier_name]
-    config = tier["base"](**{**SIGNALS[signal], "n_cases": n_train, "n_external": tier["n_external"]})
-    both, train_ids, test_ids = with_external(generate_cohort(config, seed))
-    cohort = both.to_cohort()
-    train, test = cohort.subset(train_ids), cohort.subset(test_ids)
+    _, _, train, test = cell_cohorts(tier, signal, n_train, seed)
     risks = {}
     for name in PAIR:
         base, params = model_params(name, tier, seed, None)
